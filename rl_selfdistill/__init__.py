@@ -12,7 +12,11 @@ __all__ = ["SelfDistillDQN", "SelfDistillPPO", "make_vec_env"]
 __version__ = "0.1.0"
 
 # Imported lazily so that `rl-selfdistill --help` and the config tools start without torch.
-_LAZY = {"SelfDistillPPO": "rl_selfdistill.algos", "SelfDistillDQN": "rl_selfdistill.algos", "make_vec_env": "rl_selfdistill.envs"}
+_LAZY = {
+    "SelfDistillPPO": "rl_selfdistill.algos",
+    "SelfDistillDQN": "rl_selfdistill.algos",
+    "make_vec_env": "rl_selfdistill.envs",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,145 @@
+"""SelfDistillDQN: SB3's DQN plus a KL term between Boltzmann policies of a teacher and the student."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3 import DQN
+from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.dqn.policies import DQNPolicy
+from torch import nn
+from torch.nn import functional as F
+
+from rl_selfdistill.distill.distiller import Distiller
+from rl_selfdistill.distill.kl import q_softmax_kl
+from rl_selfdistill.schedules import ScheduleLike
+
+
+class SelfDistillDQN(DQN):
+    """DQN with self-distillation; a drop-in replacement for ``stable_baselines3.DQN``.
+
+    On each sampled replay batch the loss gains
+    ``distill_coef * mean_batch KL(softmax(Q_teacher / T) || softmax(Q_student / T))``.
+
+    :param distill_coef: weight of the KL term (number, ``lin_<v>`` or callable of progress_remaining);
+        0 turns distillation off (training is then SB3's DQN, bit for bit).
+    :param teacher_update_interval: environment steps (summed over envs) between teacher refreshes.
+        Ignored with ``teacher_mode="target"``, where the teacher follows DQN's own target updates.
+    :param teacher_mode: ``snapshot`` | ``ema`` | ``ensemble`` | ``target`` (the target Q-network is the
+        teacher: no extra copy, first usable after the first target update).
+    :param teacher_tau: Polyak coefficient of the ``ema`` teacher, applied at each refresh.
+    :param teacher_ensemble_size: number of past snapshots kept by the ``ensemble`` teacher.
+    :param kl_direction: ``forward`` = KL(teacher || student), ``reverse`` = KL(student || teacher).
+    :param distill_temperature: T of the Boltzmann policies softmax(Q / T).
+    :param distill_target_kl: if set, the coefficient adapts once per ``train()`` call towards this mean KL.
+    :param distill_coef_bounds: clamp range of the adaptive coefficient.
+    """
+
+    def __init__(
+        self,
+        policy: str | type[DQNPolicy],
+        env: VecEnv | str | Any,
+        *args: Any,
+        distill_coef: ScheduleLike = 0.5,
+        teacher_update_interval: int = 20_000,
+        teacher_mode: str = "snapshot",
+        teacher_tau: float = 0.05,
+        teacher_ensemble_size: int = 3,
+        kl_direction: str = "forward",
+        distill_temperature: float = 1.0,
+        distill_target_kl: float | None = None,
+        distill_coef_bounds: tuple[float, float] = (1e-4, 10.0),
+        **kwargs: Any,
+    ) -> None:
+        # Set before DQN.__init__, which calls _setup_model.
+        self.distiller = Distiller(
+            distill_coef,
+            teacher_update_interval,
+            teacher_mode,
+            teacher_tau,
+            teacher_ensemble_size,
+            kl_direction,
+            distill_temperature,
+            distill_target_kl,
+            distill_coef_bounds,
+            allowed_teacher_modes=("snapshot", "ema", "ensemble", "target"),
+        )
+        self.teacher_networks = nn.ModuleList()
+        super().__init__(policy, env, *args, **kwargs)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self.teacher_networks = self.distiller.teacher.build_storage(self.q_net)
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, variables = super()._get_torch_save_params()
+        return [*state_dicts, "teacher_networks"], variables
+
+    def _on_step(self) -> None:
+        super()._on_step()
+        if self.distiller.teacher.mode == "target":
+            # DQN.update of the target network happened in super()._on_step() on exactly this condition.
+            target_updated = self._n_calls % max(self.target_update_interval // self.n_envs, 1) == 0
+            if self.distiller.enabled and target_updated:
+                self.distiller.teacher.refresh(self.q_net, self.num_timesteps)
+            return
+        self.distiller.refresh_if_due(self.q_net, self.num_timesteps)
+
+    def _teacher_q_networks(self) -> list[nn.Module]:
+        if not self.distiller.enabled or not self.distiller.teacher.is_ready:
+            return []
+        if self.distiller.teacher.mode == "target":
+            return [self.q_net_target]
+        return list(self.teacher_networks)
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        """DQN's ``train()`` (SB3 2.x, line for line) with the distillation term added to the TD loss."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        teachers = self._teacher_q_networks()
+        distill_coef = self.distiller.coefficient.value(self._current_progress_remaining)
+
+        losses = []
+        distill_kls: list[th.Tensor] = []
+        for _ in range(gradient_steps):
+            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            # For n-step replay, discount factor is gamma**n_steps (when no early termination)
+            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+
+            with th.no_grad():
+                next_q_values = self.q_net_target(replay_data.next_observations)
+                next_q_values, _ = next_q_values.max(dim=1)
+                next_q_values = next_q_values.reshape(-1, 1)
+                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+
+            all_q_values = self.q_net(replay_data.observations)
+            current_q_values = th.gather(all_q_values, dim=1, index=replay_data.actions.long())
+            loss = F.smooth_l1_loss(current_q_values, target_q_values)
+            losses.append(loss.item())
+
+            if teachers:
+                distill_kl = self._distill_kl(teachers, replay_data.observations, all_q_values)
+                distill_kls.append(distill_kl.detach())
+                loss = loss + distill_coef * distill_kl
+
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            self.policy.optimizer.step()
+
+        self._n_updates += gradient_steps
+
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/loss", np.mean(losses))
+        if self.distiller.enabled:
+            self.distiller.end_phase(self.logger, distill_kls, distill_coef, self.num_timesteps)
+
+    def _distill_kl(self, teachers: list[nn.Module], observations: th.Tensor, student_q: th.Tensor) -> th.Tensor:
+        """Batch-mean KL between the Boltzmann policies, averaged over the teacher members."""
+        temperature, direction = self.distiller.temperature, self.distiller.direction
+        with th.no_grad():
+            teacher_qs = [teacher(observations) for teacher in teachers]
+        kls = [q_softmax_kl(teacher_q, student_q, temperature, direction).mean() for teacher_q in teacher_qs]
+        return th.stack(kls).mean()

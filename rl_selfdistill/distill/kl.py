@@ -1,0 +1,112 @@
+"""KL divergences between a teacher's and a student's action distributions.
+
+Every function returns one KL value per sample (shape ``[batch]``); the caller takes the
+mean over the batch, so the loss scale does not depend on the batch size. Everything is
+computed from log-probabilities (log-softmax, log-sigmoid, log-std), never from
+probabilities, so large logits and tiny standard deviations stay finite.
+
+Temperature ``T`` tempers a distribution as ``p^(1/T)`` (renormalised): logits are divided
+by ``T`` for categorical and Bernoulli distributions, and a Gaussian's variance is
+multiplied by ``T`` (its log-std grows by ``log(T) / 2``). ``T = 1`` leaves them unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch as th
+import torch.nn.functional as F
+
+KLDirection = Literal["forward", "reverse"]
+KL_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
+
+
+def _order(teacher: th.Tensor, student: th.Tensor, direction: KLDirection) -> tuple[th.Tensor, th.Tensor]:
+    """Return (p, q) of KL(p || q): forward is KL(teacher || student), reverse KL(student || teacher)."""
+    if direction == "forward":
+        return teacher, student
+    if direction == "reverse":
+        return student, teacher
+    raise ValueError(f"unknown KL direction {direction!r}; use one of {KL_DIRECTIONS}")
+
+
+def categorical_kl(
+    teacher_logits: th.Tensor,
+    student_logits: th.Tensor,
+    temperature: float = 1.0,
+    direction: KLDirection = "forward",
+) -> th.Tensor:
+    """KL between categorical distributions given unnormalised logits ``[batch, n]`` -> ``[batch]``."""
+    p_logits, q_logits = _order(teacher_logits, student_logits, direction)
+    log_p = F.log_softmax(p_logits / temperature, dim=-1)
+    log_q = F.log_softmax(q_logits / temperature, dim=-1)
+    # exp(log_p) underflows to exactly 0 where p is negligible, which is the right limit of p*log(p/q).
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
+def multi_categorical_kl(
+    teacher_logits: th.Tensor,
+    student_logits: th.Tensor,
+    action_dims: Sequence[int],
+    temperature: float = 1.0,
+    direction: KLDirection = "forward",
+) -> th.Tensor:
+    """KL for independent categoricals (MultiDiscrete): logits concatenated along the last dim, KLs summed."""
+    teacher_parts = th.split(teacher_logits, list(action_dims), dim=-1)
+    student_parts = th.split(student_logits, list(action_dims), dim=-1)
+    kls = [categorical_kl(t, s, temperature, direction) for t, s in zip(teacher_parts, student_parts)]
+    return th.stack(kls, dim=-1).sum(dim=-1)
+
+
+def bernoulli_kl(
+    teacher_logits: th.Tensor,
+    student_logits: th.Tensor,
+    temperature: float = 1.0,
+    direction: KLDirection = "forward",
+) -> th.Tensor:
+    """KL for independent Bernoullis (MultiBinary) given logits ``[batch, n]``, summed over the n variables."""
+    p_logits, q_logits = _order(teacher_logits, student_logits, direction)
+    p_logits, q_logits = p_logits / temperature, q_logits / temperature
+    log_p1, log_p0 = F.logsigmoid(p_logits), F.logsigmoid(-p_logits)
+    log_q1, log_q0 = F.logsigmoid(q_logits), F.logsigmoid(-q_logits)
+    kl = log_p1.exp() * (log_p1 - log_q1) + log_p0.exp() * (log_p0 - log_q0)
+    return kl.sum(dim=-1)
+
+
+def gaussian_kl(
+    teacher_mean: th.Tensor,
+    teacher_log_std: th.Tensor,
+    student_mean: th.Tensor,
+    student_log_std: th.Tensor,
+    temperature: float = 1.0,
+    direction: KLDirection = "forward",
+) -> th.Tensor:
+    """KL between diagonal Gaussians ``[batch, d]``, summed over the d action dimensions -> ``[batch]``.
+
+    Closed form per dimension: log(s_q / s_p) + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2,
+    written with log-stds so that std -> 0 does not divide by zero.
+    """
+    if direction == "forward":
+        mean_p, log_std_p, mean_q, log_std_q = teacher_mean, teacher_log_std, student_mean, student_log_std
+    elif direction == "reverse":
+        mean_p, log_std_p, mean_q, log_std_q = student_mean, student_log_std, teacher_mean, teacher_log_std
+    else:
+        raise ValueError(f"unknown KL direction {direction!r}; use one of {KL_DIRECTIONS}")
+    # Tempering scales both variances by T, which cancels in the variance ratio but not in the mean term.
+    log_temperature = math.log(temperature)
+    log_var_ratio = 2.0 * (log_std_p - log_std_q)
+    mean_term = (mean_p - mean_q).pow(2) * th.exp(-2.0 * log_std_q - log_temperature)
+    kl = 0.5 * (log_var_ratio.exp() + mean_term - 1.0 - log_var_ratio)
+    return kl.sum(dim=-1)
+
+
+def q_softmax_kl(
+    teacher_q: th.Tensor,
+    student_q: th.Tensor,
+    temperature: float = 1.0,
+    direction: KLDirection = "forward",
+) -> th.Tensor:
+    """KL between Boltzmann policies softmax(Q / temperature) of a teacher and a student Q-network."""
+    return categorical_kl(teacher_q, student_q, temperature, direction)

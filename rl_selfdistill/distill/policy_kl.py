@@ -1,0 +1,73 @@
+"""KL between the action distributions of two SB3 actor-critic policies.
+
+A distribution is carried as one flat tensor of parameters per sample, so a whole
+rollout's teacher distributions can be computed once and indexed by minibatch:
+categorical logits, concatenated MultiDiscrete logits, Bernoulli logits, or
+``[mean, log_std]`` for diagonal Gaussians.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch as th
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    Distribution,
+    MultiCategoricalDistribution,
+)
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from rl_selfdistill.distill.kl import KLDirection, bernoulli_kl, categorical_kl, gaussian_kl, multi_categorical_kl
+from rl_selfdistill.errors import UsageError
+
+
+@dataclass(frozen=True)
+class PolicyKL:
+    """Flat distribution parameters and the matching KL for one SB3 distribution type."""
+
+    distribution_type: type[Distribution]
+    action_dims: tuple[int, ...] = ()
+    temperature: float = 1.0
+    direction: KLDirection = "forward"
+
+    @classmethod
+    def for_policy(cls, policy: ActorCriticPolicy, temperature: float, direction: KLDirection) -> PolicyKL:
+        distribution = policy.action_dist
+        supported = (CategoricalDistribution, MultiCategoricalDistribution, BernoulliDistribution, DiagGaussianDistribution)
+        if not isinstance(distribution, supported):
+            raise UsageError(
+                f"self-distillation does not support {type(distribution).__name__} (e.g. gSDE); "
+                "use use_sde=False or distill_coef=0"
+            )
+        action_dims = tuple(int(n) for n in getattr(distribution, "action_dims", ()))
+        return cls(type(distribution), action_dims, temperature, direction)
+
+    def params(self, policy: ActorCriticPolicy, distribution: Distribution) -> th.Tensor:
+        """Flat parameters of ``distribution``, as produced by ``policy`` (keeps the autograd graph)."""
+        if self.distribution_type is DiagGaussianDistribution:
+            mean = distribution.distribution.loc
+            # The policy's log_std parameter itself, not log(std): stays exact for tiny stds.
+            return th.cat([mean, policy.log_std.expand_as(mean)], dim=-1)
+        if self.distribution_type is MultiCategoricalDistribution:
+            return th.cat([part.logits for part in distribution.distribution], dim=-1)
+        return distribution.distribution.logits
+
+    def per_sample(self, teacher_params: th.Tensor, student_params: th.Tensor) -> th.Tensor:
+        """KL per sample ``[batch]`` between flat teacher and student parameters."""
+        if self.distribution_type is DiagGaussianDistribution:
+            teacher_mean, teacher_log_std = teacher_params.chunk(2, dim=-1)
+            student_mean, student_log_std = student_params.chunk(2, dim=-1)
+            return gaussian_kl(teacher_mean, teacher_log_std, student_mean, student_log_std, self.temperature, self.direction)
+        if self.distribution_type is MultiCategoricalDistribution:
+            return multi_categorical_kl(teacher_params, student_params, self.action_dims, self.temperature, self.direction)
+        if self.distribution_type is BernoulliDistribution:
+            return bernoulli_kl(teacher_params, student_params, self.temperature, self.direction)
+        return categorical_kl(teacher_params, student_params, self.temperature, self.direction)
+
+    def mean_over_teachers(self, teacher_params: th.Tensor, student_params: th.Tensor) -> th.Tensor:
+        """Batch-mean KL, averaged over the teacher members (``teacher_params`` is ``[members, batch, p]``)."""
+        kls = [self.per_sample(member, student_params).mean() for member in teacher_params]
+        return th.stack(kls).mean()
