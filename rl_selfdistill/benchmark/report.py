@@ -1,0 +1,343 @@
+"""`rl-selfdistill report OUT`: summary.json, report.md and PNG figures for a benchmark folder."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rl_selfdistill.benchmark import aggregate, plots
+from rl_selfdistill.benchmark.aggregate import METRIC_NAMES, SCORE_FRACTION, Reference, RunResult, ScoreMatrices
+from rl_selfdistill.benchmark.grid import Manifest, load_manifest
+from rl_selfdistill.errors import UsageError
+
+SCORE_DEFINITION = (
+    f"Score of a run: mean of the evaluation returns (`mean_reward` in `eval.csv`) logged in the final "
+    f"{SCORE_FRACTION:.0%} of its budget (timesteps >= {1 - SCORE_FRACTION:.1f} x n_timesteps). "
+    "Normalised score: (score - random_score) / (reference_score - random_score), with the suite's per-env values. "
+    "Aggregates (IQM, mean, median, optimality gap at 1.0) pool the normalised scores of all runs and envs; "
+    "95% confidence intervals come from rliable's stratified bootstrap over runs. "
+    "P(X > Y) is the probability that a run of X beats a run of Y on the same env, averaged over envs."
+)
+_REPORT_PACKAGES = ("rl-selfdistill", "stable-baselines3", "torch", "gymnasium", "numpy", "rliable", "ray")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    summary: Path
+    markdown: Path
+    figures: dict[str, Path]
+
+
+@dataclass
+class Analysis:
+    """Everything the report shows, computed once."""
+
+    results: list[RunResult]
+    references: dict[str, Reference]
+    matrices: ScoreMatrices
+    estimates: dict[str, dict[str, dict[str, float]]]
+    improvement: dict[str, dict[str, float]]
+    env_rows: list[dict[str, Any]]
+
+
+def load_references(suite: str | None, env_ids: list[str]) -> dict[str, Reference]:
+    """Reference scores for `env_ids` from the named suite, or from any suite listing the env."""
+    from rl_selfdistill.envs import load_suite
+
+    references: dict[str, Reference] = {}
+    for name in [suite] if suite else _suite_names():
+        for entry in _suite_entries(load_suite(name)):
+            if entry.env_id in env_ids and entry.env_id not in references and _has_reference(entry):
+                references[entry.env_id] = Reference(float(entry.random_score), float(entry.reference_score))
+    return references
+
+
+def _suite_names() -> list[str]:
+    from rl_selfdistill.paths import data_dir
+
+    return sorted(path.stem for path in data_dir("envs").glob("*.yaml"))
+
+
+def _suite_entries(suite: Any) -> list[Any]:
+    return list(getattr(suite, "envs", suite))
+
+
+def _has_reference(entry: Any) -> bool:
+    random_score, reference_score = getattr(entry, "random_score", None), getattr(entry, "reference_score", None)
+    return random_score is not None and reference_score is not None and reference_score != random_score
+
+
+def analyse(out: Path, references: dict[str, Reference] | None = None, suite: str | None = None, reps: int = 2000) -> Analysis:
+    manifest = load_manifest(out)
+    results = aggregate.collect_runs(out, manifest.specs() if manifest else [])
+    if not results:
+        raise UsageError(f"{out} holds no benchmark runs; run `rl-selfdistill benchmark -o {out} ...` first")
+    if references is None:
+        references = load_references(suite or (manifest.suite if manifest else None), sorted({r.env_id for r in results}))
+    matrices = aggregate.score_matrices(results, references)
+    estimates = aggregate.interval_estimates(matrices.scores, reps=reps) if matrices.scores else {}
+    pairs = aggregate.improvement_pairs(sorted(matrices.scores))
+    improvement = aggregate.probability_of_improvement(matrices.scores, pairs, reps=reps)
+    env_rows = aggregate.per_env_table(results, references)
+    return Analysis(results, references, matrices, estimates, improvement, env_rows)
+
+
+def write_report(
+    out: Path,
+    references: dict[str, Reference] | None = None,
+    suite: str | None = None,
+    reps: int = 2000,
+    command: str | None = None,
+) -> ReportFiles:
+    """Analyse OUT and write OUT/summary.json, OUT/report.md and OUT/figures/*.png."""
+    out = Path(out)
+    analysis = analyse(out, references, suite, reps)
+    figures = draw_figures(analysis, out / "figures", reps)
+    manifest = load_manifest(out)
+    command = command or shlex.join(["rl-selfdistill", "report", str(out)])
+    summary = build_summary(analysis, manifest, figures, out, command)
+    summary_path = out / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    markdown_path = out / "report.md"
+    markdown_path.write_text(render_markdown(summary))
+    return ReportFiles(summary_path, markdown_path, figures)
+
+
+def draw_figures(analysis: Analysis, folder: Path, reps: int) -> dict[str, Path]:
+    figures: dict[str, Path] = {}
+    curves = _curves(analysis.results, reps=min(reps, 500))
+    if curves:
+        figures["learning_curves"] = plots.plot_learning_curves(curves, folder / "learning_curves.png")
+    scores = analysis.matrices.scores
+    if analysis.estimates:
+        figures["aggregate"] = plots.plot_aggregate_intervals(analysis.estimates, folder / "aggregate_intervals.png")
+        taus = aggregate.profile_thresholds(scores)
+        profiles, cis = aggregate.performance_profiles(scores, taus, reps=reps)
+        figures["performance_profiles"] = plots.plot_performance_profiles(
+            profiles, cis, taus, folder / "performance_profiles.png"
+        )
+    if analysis.improvement:
+        figures["probability_of_improvement"] = plots.plot_improvement(
+            analysis.improvement, folder / "probability_of_improvement.png"
+        )
+    return figures
+
+
+def _curves(results: list[RunResult], reps: int) -> dict[str, dict[str, aggregate.Curve]]:
+    """Learning curves of finished runs only: a half-trained run would cut every point's horizon short."""
+    curves: dict[str, dict[str, aggregate.Curve]] = {}
+    for env in sorted({r.env_id for r in results}):
+        for algo in sorted({r.algo for r in results if r.env_id == env}):
+            evals = [r.evals for r in results if r.env_id == env and r.algo == algo and r.score is not None]
+            curve = aggregate.learning_curve(evals, reps=reps)
+            if curve is not None:
+                curves.setdefault(env, {})[algo] = curve
+    return curves
+
+
+def build_summary(
+    analysis: Analysis, manifest: Manifest | None, figures: dict[str, Path], out: Path, command: str
+) -> dict[str, Any]:
+    return {
+        "benchmark_id": manifest.benchmark_id if manifest else None,
+        "suite": manifest.suite if manifest else None,
+        "score_definition": SCORE_DEFINITION,
+        "envs_aggregated": analysis.matrices.envs,
+        "runs_per_algo": {algo: int(matrix.shape[0]) for algo, matrix in analysis.matrices.scores.items()},
+        "aggregate": analysis.estimates,
+        "probability_of_improvement": analysis.improvement,
+        "per_env": analysis.env_rows,
+        "references": {env: vars(ref) for env, ref in sorted(analysis.references.items())},
+        "runs": [_run_entry(result, out) for result in analysis.results],
+        "excluded": [{"what": what, "reason": reason} for what, reason in analysis.matrices.excluded],
+        "figures": {name: str(path.relative_to(out)) for name, path in figures.items()},
+        "invocations": manifest.invocations if manifest else [],
+        "report_command": command,
+        "git_commits": sorted({c for c in _run_infos(analysis.results, "git_commit") if c}),
+        "versions": _versions(analysis.results),
+    }
+
+
+def _run_entry(result: RunResult, out: Path) -> dict[str, Any]:
+    return {
+        "algo": result.algo,
+        "env_id": result.env_id,
+        "seed": result.seed,
+        "status": result.status,
+        "run_dir": str(result.run_dir.relative_to(out)) if result.run_dir.is_relative_to(out) else str(result.run_dir),
+        "n_timesteps": result.n_timesteps,
+        "timesteps_done": result.timesteps_done,
+        "wall_clock_s": result.wall_clock_s,
+        "score": result.score,
+        "problem": result.problem,
+    }
+
+
+def _run_infos(results: list[RunResult], key: str) -> list[Any]:
+    from rl_selfdistill.benchmark.grid import read_run_info
+
+    return [(read_run_info(r.run_dir) or {}).get(key) for r in results if r.status != "missing"]
+
+
+def _versions(results: list[RunResult]) -> dict[str, Any]:
+    """Versions the runs recorded (all distinct values) and those the report itself ran with."""
+    recorded: dict[str, set[str]] = {}
+    for versions in _run_infos(results, "versions"):
+        for package, version in (versions or {}).items():
+            recorded.setdefault(package, set()).add(str(version))
+    return {
+        "runs": {package: sorted(values) for package, values in sorted(recorded.items())},
+        "report": {"python": sys.version.split()[0], **{name: _version(name) for name in _REPORT_PACKAGES}},
+    }
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    sections = [
+        _md_header(summary),
+        _md_aggregate(summary),
+        _md_improvement(summary),
+        _md_per_env(summary),
+        _md_figures(summary),
+        _md_runs(summary),
+        _md_excluded(summary),
+        _md_provenance(summary),
+    ]
+    return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def _md_header(summary: dict[str, Any]) -> str:
+    lines = [f"# Benchmark report: {summary['benchmark_id'] or 'unnamed'}", ""]
+    if summary["suite"]:
+        lines.append(f"Suite: `{summary['suite']}`. ")
+    lines += ["## Commands", "", "```bash"]
+    lines += [invocation["command"] for invocation in summary["invocations"]]
+    lines += [summary["report_command"], "```", "", "## Score", "", summary["score_definition"]]
+    return "\n".join(lines)
+
+
+def _ci(value: dict[str, float]) -> str:
+    return f"{value['point']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+
+def _md_aggregate(summary: dict[str, Any]) -> str:
+    if not summary["aggregate"]:
+        return "## Aggregate\n\nNo env has a scored run for every algo with a reference score: nothing to aggregate."
+    envs = ", ".join(summary["envs_aggregated"])
+    lines = [
+        "## Aggregate (normalised scores, 95% stratified-bootstrap CIs)",
+        "",
+        f"Envs: {envs}.",
+        "",
+        "| algo | runs per env | " + " | ".join(METRIC_NAMES) + " |",
+        "|---|---|" + "---|" * len(METRIC_NAMES),
+    ]
+    for algo, values in summary["aggregate"].items():
+        cells = " | ".join(_ci(values[name]) for name in METRIC_NAMES)
+        lines.append(f"| {algo} | {summary['runs_per_algo'][algo]} | {cells} |")
+    lines += ["", "Higher is better for all but the optimality gap (lower is better)."]
+    return "\n".join(lines)
+
+
+def _md_improvement(summary: dict[str, Any]) -> str:
+    if not summary["probability_of_improvement"]:
+        return ""
+    lines = ["## Probability of improvement", "", "| X | Y | P(X > Y) [95% CI] |", "|---|---|---|"]
+    for pair, value in summary["probability_of_improvement"].items():
+        x, y = pair.split(",")
+        lines.append(f"| {x} | {y} | {_ci(value)} |")
+    lines += ["", "0.5 means no difference; a CI that excludes 0.5 is a difference at the 95% level."]
+    return "\n".join(lines)
+
+
+def _md_per_env(summary: dict[str, Any]) -> str:
+    lines = [
+        "## Per environment (raw returns)",
+        "",
+        "| env | algo | scored / expected | mean ± std | IQM | normalised mean | random / reference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in summary["per_env"]:
+        ref = summary["references"].get(row["env_id"])
+        ref_cell = f"{ref['random_score']:g} / {ref['reference_score']:g}" if ref else "none"
+        if row["n_scored"]:
+            stats = f"{row['mean']:.1f} ± {row['std']:.1f} | {row['iqm']:.1f} | {_fmt(row.get('normalised_mean'), '.3f')}"
+        else:
+            stats = "- | - | -"
+        lines.append(f"| {row['env_id']} | {row['algo']} | {row['n_scored']} / {row['n_expected']} | {stats} | {ref_cell} |")
+    return "\n".join(lines)
+
+
+def _md_figures(summary: dict[str, Any]) -> str:
+    titles = {
+        "learning_curves": "Learning curves",
+        "aggregate": "Aggregate metrics",
+        "probability_of_improvement": "Probability of improvement",
+        "performance_profiles": "Performance profiles",
+    }
+    lines = ["## Figures", ""]
+    lines += [f"### {titles.get(name, name)}\n\n![{name}]({path})\n" for name, path in summary["figures"].items()]
+    return "\n".join(lines) if summary["figures"] else ""
+
+
+def _md_runs(summary: dict[str, Any]) -> str:
+    lines = [
+        "## Runs",
+        "",
+        "| algo | env | seed | status | steps done / budget | wall-clock (s) | score | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in summary["runs"]:
+        steps = f"{_fmt(run['timesteps_done'], 'd')} / {_fmt(run['n_timesteps'], 'd')}"
+        lines.append(
+            f"| {run['algo']} | {run['env_id']} | {run['seed']} | {run['status']} | {steps} | "
+            f"{_fmt(run['wall_clock_s'], '.0f')} | {_fmt(run['score'], '.1f')} | {run['problem'] or ''} |"
+        )
+    total = sum(run["wall_clock_s"] or 0.0 for run in summary["runs"])
+    lines += ["", f"Total training wall-clock over all runs: {total:.0f} s ({total / 3600:.2f} h)."]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    return format(int(value) if spec == "d" else value, spec)
+
+
+def _md_excluded(summary: dict[str, Any]) -> str:
+    if not summary["excluded"]:
+        return "## Left out of the aggregate\n\nNothing: every expected run was scored and aggregated."
+    lines = ["## Left out of the aggregate", ""]
+    lines += [f"- `{item['what']}`: {item['reason']}" for item in summary["excluded"]]
+    return "\n".join(lines)
+
+
+def _md_provenance(summary: dict[str, Any]) -> str:
+    lines = ["## Provenance", "", f"Git commit(s) of the runs: {', '.join(summary['git_commits']) or 'unknown'}.", ""]
+    for invocation in summary["invocations"]:
+        hardware = invocation.get("hardware", {})
+        gpus = ", ".join(hardware.get("gpus") or []) or "none"
+        finished = invocation.get("finished_at") or "interrupted"
+        lines.append(
+            f"- `{invocation['command']}`: {invocation.get('started_at')} to {finished}, "
+            f"backend {invocation.get('backend')}, {invocation.get('workers')} worker(s); {hardware.get('cpu_model')}, "
+            f"{hardware.get('cpu_count')} CPUs, {hardware.get('memory_gb')} GB, GPUs: {gpus}"
+        )
+    lines += ["", "Versions recorded by the runs:", ""]
+    lines += [f"- {package}: {', '.join(values)}" for package, values in summary["versions"]["runs"].items()]
+    lines += ["", "Versions of this report:", ""]
+    lines += [f"- {package}: {version}" for package, version in summary["versions"]["report"].items()]
+    return "\n".join(lines)

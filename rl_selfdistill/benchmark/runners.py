@@ -1,0 +1,156 @@
+"""Executing grid cells: one training run per job, on a local process pool or as Ray tasks.
+
+Both backends call the same `execute_run`, which goes through the training module exactly
+as `rl-selfdistill train` does, so a benchmark run is indistinguishable from a train run.
+Scheduling is left to `concurrent.futures` and Ray respectively.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rl_selfdistill.benchmark.grid import RunSpec, RunState, run_state
+
+# Ray's object store only carries small job descriptions and outcomes here.
+_RAY_OBJECT_STORE_BYTES = 100 * 2**20
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """Everything a worker needs to run (or resume) one grid cell; picklable."""
+
+    spec: RunSpec
+    run_dir: Path
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    train_options: dict[str, Any] = field(default_factory=dict)
+    wandb_group: str | None = None
+    tags: tuple[str, ...] = ()
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    label: str
+    run_dir: str
+    action: str  # "trained" | "resumed" | "skipped"
+    wall_s: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def execute_run(job: RunJob) -> RunOutcome:
+    """Train, resume or skip one cell. Errors are returned, not raised, so one bad run does not end the grid."""
+    limit_threads(job.torch_threads)
+    state = run_state(job.run_dir)
+    if state is RunState.FINISHED:
+        return RunOutcome(job.spec.label, str(job.run_dir), "skipped", 0.0)
+    action = "resumed" if state is RunState.INTERRUPTED else "trained"
+    start = time.monotonic()
+    try:
+        _train_or_resume(job, state)
+    except Exception as error:  # noqa: BLE001 - reported per run, the grid goes on
+        message = f"{type(error).__name__}: {error}"
+        return RunOutcome(job.spec.label, str(job.run_dir), action, time.monotonic() - start, message)
+    return RunOutcome(job.spec.label, str(job.run_dir), action, time.monotonic() - start)
+
+
+def _train_or_resume(job: RunJob, state: RunState) -> None:
+    from rl_selfdistill import train
+
+    if state is RunState.INTERRUPTED:
+        train.resume_training(job.run_dir)
+    else:
+        train.run_training(build_train_request(job))
+
+
+def build_train_request(job: RunJob) -> Any:
+    """The `TrainRequest` the `train` command would build for this cell."""
+    from rl_selfdistill.train import TrainRequest
+
+    options = {key: value for key, value in job.train_options.items() if value is not None}
+    return TrainRequest(
+        algo=job.spec.algo,
+        env_id=job.spec.env_id,
+        n_timesteps=job.spec.n_timesteps,
+        seed=job.spec.seed,
+        hyperparams=dict(job.hyperparams),
+        run_dir=job.run_dir,
+        wandb_group=job.wandb_group,
+        extra_tags=list(job.tags),
+        **options,
+    )
+
+
+def limit_threads(n_threads: int) -> None:
+    """Cap intra-op threads so `workers` concurrent runs do not oversubscribe the cores."""
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(n_threads)
+    import torch
+
+    torch.set_num_threads(n_threads)
+
+
+def threads_per_worker(workers: int, cpu_count: int | None = None) -> int:
+    return max(1, (cpu_count or os.cpu_count() or 1) // max(1, workers))
+
+
+def run_local(jobs: list[RunJob], workers: int) -> Iterator[RunOutcome]:
+    """A process pool; each run gets a fresh process so no torch, W&B or RNG state leaks between runs."""
+    if not jobs:
+        return
+    # spawn, not fork: forking a process that already initialised torch threads can deadlock.
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, max_tasks_per_child=1)
+    try:
+        futures = [pool.submit(execute_run, job) for job in jobs]
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_ray(
+    jobs: list[RunJob], address: str | None, workers: int, cpus_per_run: float, gpus_per_run: float
+) -> Iterator[RunOutcome]:
+    """One Ray task per run; Ray places tasks by their `num_cpus`/`num_gpus`.
+
+    Without `address` a local Ray instance sized to `workers` runs at a time is started and
+    stopped again; with one (`auto` or `ray://...`) the cluster's resources decide concurrency.
+    """
+    if not jobs:
+        return
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(**_ray_init_kwargs(address, workers, cpus_per_run))
+    try:
+        task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(execute_run)
+        waiting = [task.remote(job) for job in jobs]
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_init_kwargs(address: str | None, workers: int, cpus_per_run: float) -> dict[str, Any]:
+    if address:
+        return {"address": address, "log_to_driver": True}
+    return {
+        "num_cpus": max(1, round(workers * cpus_per_run)),
+        "include_dashboard": False,
+        "object_store_memory": _RAY_OBJECT_STORE_BYTES,
+        "log_to_driver": True,
+    }

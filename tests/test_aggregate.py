@@ -1,0 +1,161 @@
+"""Aggregation and report on synthetic scores and synthetic run directories (no training)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rl_selfdistill.benchmark import aggregate
+from rl_selfdistill.benchmark.aggregate import Reference
+from rl_selfdistill.benchmark.grid import EnvBudget, Manifest, load_manifest, save_manifest
+from rl_selfdistill.benchmark.report import write_report
+
+# 4 runs x 3 envs. Sorted, the 12 values are 0.0 0.1 0.2 | 0.4 0.5 0.5 0.5 0.5 0.6 | 0.9 1.5 3.0.
+HAND_SCORES = np.array(
+    [
+        [0.0, 0.4, 0.5],
+        [0.2, 0.6, 0.5],
+        [0.9, 1.5, 0.5],
+        [0.1, 3.0, 0.5],
+    ]
+)
+
+
+def test_aggregate_metrics_match_hand_computed_values():
+    iqm, mean, median, gap = aggregate.aggregate_metrics(HAND_SCORES)
+    assert iqm == pytest.approx(3.0 / 6)  # middle six values: 0.4 0.5 0.5 0.5 0.5 0.6
+    assert mean == pytest.approx(8.7 / 12)
+    assert median == pytest.approx(0.5)  # per-env means 0.3, 1.375, 0.5
+    assert gap == pytest.approx(1 - 6.2 / 12)  # scores clipped at 1 sum to 6.2
+
+
+def test_bootstrap_ci_contains_the_true_value():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0.6, 0.2, size=(40, 3))  # symmetric: true IQM = true mean = median = 0.6
+    estimates = aggregate.interval_estimates({"algo": scores}, reps=1000)["algo"]
+    for name in ("IQM", "Mean", "Median"):
+        value = estimates[name]
+        assert value["low"] < 0.6 < value["high"], (name, value)
+        assert value["low"] <= value["point"] <= value["high"]
+        assert value["high"] - value["low"] < 0.2  # 120 samples pin the mean down to about +-0.04
+
+
+def test_probability_of_improvement_of_identical_algorithms_is_one_half():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(0.5, 0.2, size=(10, 2))
+    same = aggregate.probability_of_improvement({"a": scores, "b": scores.copy()}, [("a", "b")], reps=500)
+    assert same["a,b"]["point"] == pytest.approx(0.5)
+    twins = aggregate.probability_of_improvement(
+        {"a": rng.normal(0.5, 0.2, size=(30, 2)), "b": rng.normal(0.5, 0.2, size=(30, 2))}, [("a", "b")], reps=500
+    )["a,b"]
+    assert 0.35 < twins["point"] < 0.65
+    assert twins["low"] < 0.5 < twins["high"]
+
+
+def test_probability_of_improvement_has_the_right_direction():
+    better, worse = np.full((5, 2), 1.0) + np.arange(5)[:, None] * 0.01, np.full((5, 2), 0.0)
+    result = aggregate.probability_of_improvement({"sd_ppo": better, "ppo": worse}, [("sd_ppo", "ppo")], reps=200)
+    assert result["sd_ppo,ppo"]["point"] == pytest.approx(1.0)
+
+
+def test_improvement_pairs_match_each_sd_algo_with_its_base():
+    assert aggregate.improvement_pairs(["dqn", "ppo", "sd_dqn", "sd_ppo"]) == [("sd_dqn", "dqn"), ("sd_ppo", "ppo")]
+    assert aggregate.improvement_pairs(["ppo", "sd_dqn"]) == []
+
+
+def test_final_window_score_averages_the_last_tenth():
+    evals = pd.DataFrame({"timesteps": np.arange(0, 1001, 100), "mean_reward": np.arange(11.0)})
+    assert aggregate.final_window_score(evals, 1000) == pytest.approx((9.0 + 10.0) / 2)  # steps 900 and 1000
+    assert aggregate.final_window_score(evals[evals.timesteps < 800], 1000) is None
+
+
+def test_reference_normalisation():
+    assert Reference(random_score=20.0, reference_score=500.0).normalise(260.0) == pytest.approx(0.5)
+
+
+def write_fake_run(out, algo, env_id, seed, rewards, n_timesteps=1000, status="finished"):
+    """A run directory as the training code writes it (run.json + eval.csv), with chosen returns."""
+    run_dir = out / "runs" / algo / env_id / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    steps = np.linspace(n_timesteps / len(rewards), n_timesteps, len(rewards)).astype(int)
+    pd.DataFrame(
+        {"timesteps": steps, "mean_reward": rewards, "std_reward": 0.0, "mean_ep_length": 10.0, "n_episodes": 5}
+    ).to_csv(run_dir / "eval.csv", index=False)
+    info = {
+        "status": status,
+        "algo": algo,
+        "env_id": env_id,
+        "seed": seed,
+        "n_timesteps": n_timesteps,
+        "num_timesteps_done": n_timesteps if status == "finished" else n_timesteps // 2,
+        "wall_clock_s": 12.5,
+        "git_commit": "abc123",
+        "versions": {"torch": "2.x"},
+    }
+    (run_dir / "run.json").write_text(json.dumps(info))
+    return run_dir
+
+
+@pytest.fixture
+def fake_benchmark(tmp_path):
+    """2 algos x 2 envs x 3 seeds; sd_ppo seed 2 on EnvB is unfinished and ppo seed 1 on EnvB never started."""
+    out = tmp_path / "bench"
+    envs = [EnvBudget("EnvA-v0", 1000), EnvBudget("EnvB-v0", 1000)]
+    manifest = Manifest("test-bench", None, envs, ["ppo", "sd_ppo"], [0, 1, 2], {}, "abc123", "now")
+    manifest.invocations.append({"command": "rl-selfdistill benchmark --envs EnvA-v0 EnvB-v0", "backend": "local"})
+    save_manifest(out, manifest)
+    for env in envs:
+        for seed in range(3):
+            for algo, level in (("ppo", 100.0), ("sd_ppo", 150.0)):
+                if (algo, env.env_id, seed) == ("ppo", "EnvB-v0", 1):
+                    continue
+                status = "running" if (algo, env.env_id, seed) == ("sd_ppo", "EnvB-v0", 2) else "finished"
+                rewards = np.linspace(0.0, level + 10 * seed, 10)
+                write_fake_run(out, algo, env.env_id, seed, rewards, status=status)
+    return out
+
+
+REFERENCES = {"EnvA-v0": Reference(0.0, 200.0), "EnvB-v0": Reference(0.0, 200.0)}
+
+
+def test_unscored_runs_are_listed_not_dropped(fake_benchmark):
+    results = aggregate.collect_runs(fake_benchmark, manifest_specs(fake_benchmark))
+    problems = {r.label: r.problem for r in results if r.problem}
+    assert problems == {"ppo/EnvB-v0/seed1": "never started", "sd_ppo/EnvB-v0/seed2": "unfinished (500/1000 steps)"}
+    matrices = aggregate.score_matrices(results, REFERENCES)
+    assert {algo: m.shape for algo, m in matrices.scores.items()} == {"ppo": (2, 2), "sd_ppo": (2, 2)}
+    excluded = dict(matrices.excluded)
+    assert set(excluded) == {"ppo/EnvB-v0/seed1", "sd_ppo/EnvB-v0/seed2", "ppo/EnvA-v0/seed2", "sd_ppo/EnvA-v0/seed2"}
+    assert "beyond the 2 seeds" in excluded["ppo/EnvA-v0/seed2"]
+
+
+def manifest_specs(out):
+    return load_manifest(out).specs()
+
+
+def test_report_writes_summary_markdown_and_figures(fake_benchmark):
+    files = write_report(fake_benchmark, references=REFERENCES, reps=300)
+    summary = json.loads(files.summary.read_text())
+    assert summary["benchmark_id"] == "test-bench"
+    # The final-10% window holds the evaluations at steps 900 and 1000: 8/9 and all of level + 10 * seed.
+    ppo_a = next(row for row in summary["per_env"] if row["env_id"] == "EnvA-v0" and row["algo"] == "ppo")
+    assert ppo_a["scores"] == pytest.approx([(8 / 9 + 1) / 2 * level for level in (100.0, 110.0, 120.0)])
+    assert summary["aggregate"]["sd_ppo"]["Mean"]["point"] > summary["aggregate"]["ppo"]["Mean"]["point"]
+    assert summary["probability_of_improvement"]["sd_ppo,ppo"]["point"] == pytest.approx(1.0)
+    markdown = files.markdown.read_text()
+    for expected in ("rl-selfdistill benchmark --envs EnvA-v0 EnvB-v0", "never started", "unfinished", "| IQM |", "abc123"):
+        assert expected in markdown
+    assert set(files.figures) == {"learning_curves", "aggregate", "probability_of_improvement", "performance_profiles"}
+    for path in files.figures.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({path.relative_to(fake_benchmark)})" in markdown
+
+
+def test_learning_curve_interpolates_onto_the_shared_horizon():
+    short = pd.DataFrame({"timesteps": [100, 200], "mean_reward": [1.0, 3.0]})
+    long = pd.DataFrame({"timesteps": [150, 300], "mean_reward": [2.0, 4.0]})
+    curve = aggregate.learning_curve([short, long], reps=50)
+    assert list(curve.timesteps) == [100.0, 150.0, 200.0]
+    # np.interp holds the first value before a run's first evaluation.
+    assert curve.mean == pytest.approx([(1.0 + 2.0) / 2, (2.0 + 2.0) / 2, (3.0 + 2.0 + 2.0 * 50 / 150) / 2])
