@@ -1,0 +1,23 @@
+"""Environments: vectorized Atari, MuJoCo and classic control on SB3 or EnvPool backends, and benchmark suites."""
+
+from rl_selfdistill.envs.atari import AtariSettings
+from rl_selfdistill.envs.device import configure_torch_threads
+from rl_selfdistill.envs.envpool_vec import EnvPoolVecEnv
+from rl_selfdistill.envs.factory import make_vec_env
+from rl_selfdistill.envs.registry import BACKENDS, available_backends, resolve
+from rl_selfdistill.envs.suites import Suite, SuiteEnv, list_suites, load_suite, normalize_score
+
+__all__ = [
+    "BACKENDS",
+    "AtariSettings",
+    "EnvPoolVecEnv",
+    "Suite",
+    "SuiteEnv",
+    "available_backends",
+    "configure_torch_threads",
+    "list_suites",
+    "load_suite",
+    "make_vec_env",
+    "normalize_score",
+    "resolve",
+]

@@ -1,0 +1,53 @@
+"""CPU environments, GPU (or CPU) networks: how the two share the machine.
+
+Observations: SB3's rollout loop already converts the whole (n_envs, ...) observation batch with
+`obs_as_tensor(obs, device)` once per step, so the batch crosses to the GPU in one transfer, not per env.
+Pinned memory is not used: SB3 consumes the tensor immediately (the forward pass waits for the copy), so a
+non-blocking copy from pinned memory would save nothing, and staging the batch in a pinned buffer adds a
+CPU copy. A (8, 4, 84, 84) uint8 Atari batch is 225 KB, i.e. microseconds over PCIe, next to milliseconds of
+env stepping.
+
+Threads: torch's intra-op pool defaults to one thread per core, and its OpenMP workers spin after each op.
+With subproc workers or EnvPool threads stepping on the same few cores, that spinning competes with env
+stepping. `configure_torch_threads` leaves cores to the env workers (measured in the report of this module's
+speed benchmarks: see rl_selfdistill/envs/speed.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def recommended_torch_threads(n_envs: int, backend: str, cores: int | None = None) -> int:
+    """Threads for torch given how many cores the env workers need.
+
+    dummy steps envs in this process, between torch calls, so torch may use every core. subproc and envpool
+    step envs in other processes/threads: give them one core per env up to all but one core, keep >= 1.
+    """
+    cores = cores or available_cores()
+    if backend == "dummy":
+        return cores
+    return max(1, cores - min(n_envs, cores - 1))
+
+
+def configure_torch_threads(n_envs: int, backend: str) -> int:
+    """Set torch.set_num_threads for this env layout and return the number used.
+
+    An explicit OMP_NUM_THREADS or RL_SELFDISTILL_TORCH_THREADS in the environment wins (user's choice).
+    """
+    explicit = os.environ.get("RL_SELFDISTILL_TORCH_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    threads = int(explicit) if explicit and explicit.isdigit() and int(explicit) > 0 else None
+    if threads is None:
+        threads = recommended_torch_threads(n_envs, backend)
+    torch.set_num_threads(threads)
+    return threads
