@@ -1,0 +1,301 @@
+"""Run tracking: SB3 logger outputs (CSV, TensorBoard, stdout) and Weights & Biases.
+
+W&B is on by default and never blocks training: `auto` mode goes online only when an
+API key is configured, and an online start that fails or hangs falls back to an offline
+run (uploadable later with `wandb sync`) after at most ~20 s, with one warning line.
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import struct
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+from stable_baselines3.common.logger import (
+    CSVOutputFormat,
+    HumanOutputFormat,
+    KVWriter,
+    Logger,
+    TensorBoardOutputFormat,
+    Video,
+    filter_excluded_keys,
+)
+
+from rl_selfdistill.errors import UsageError
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+# Seconds an online wandb.init may take before we give up on it; leaves room under the 30 s promise.
+ONLINE_INIT_TIMEOUT_S = 20.0
+STEP_METRIC = "global_step"
+
+
+# ----------------------------------------------------------------------------- SB3 logger outputs
+
+
+class WandbOutputFormat(KVWriter):
+    """SB3 logger output that sends every scalar key to W&B, with the env step as x-axis."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        # A custom step metric (not wandb's own step) accepts steps that go back after a resume from a checkpoint.
+        run.define_metric(STEP_METRIC)
+        run.define_metric("*", step_metric=STEP_METRIC)
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        import wandb
+
+        data: dict[str, Any] = {}
+        for key, value in filter_excluded_keys(key_values, key_excluded, "wandb").items():
+            if isinstance(value, Video):
+                frames = value.frames.detach().cpu().numpy() if hasattr(value.frames, "detach") else np.asarray(value.frames)
+                data[key] = wandb.Video(frames[0] if frames.ndim == 5 else frames, fps=int(value.fps), format="mp4")
+            elif isinstance(value, (bool, int, float, np.integer, np.floating)):
+                data[key] = value.item() if isinstance(value, np.generic) else value
+            elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+                data[key] = value.item()
+        if data:
+            data[STEP_METRIC] = int(step)
+            self.run.log(data)
+
+    def close(self) -> None:
+        pass  # the run is finished by finish_wandb, after the final artifacts are logged
+
+
+class AppendingCSVOutputFormat(CSVOutputFormat):
+    """SB3's CSV output, but continuing an existing file instead of truncating it (for resumed runs)."""
+
+    def __init__(self, filename: str) -> None:
+        path = Path(filename)
+        if not path.exists() or path.stat().st_size == 0:
+            super().__init__(filename)
+            return
+        # "r+" keeps the rows; SB3's rewrite-on-new-key logic (seek(0), rewrite) still works in this mode.
+        self.file = open(filename, "r+")  # noqa: SIM115 - closed by close()
+        header = self.file.readline().rstrip("\n")
+        self.keys = header.split(",") if header else []
+        self.separator = ","
+        self.quotechar = '"'
+        self.file.seek(0, os.SEEK_END)
+
+
+def truncate_csv_after(path: Path, step: int, step_column: str) -> None:
+    """Drop the rows logged after `step` (they will be logged again by the resumed run); atomic."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    if not lines:
+        return
+    header = lines[0].rstrip("\n").split(",")
+    if step_column not in header:
+        return
+    column = header.index(step_column)
+    kept = [lines[0]]
+    for line in lines[1:]:
+        if not line.endswith("\n"):
+            break  # a row cut short by a crash
+        cells = line.rstrip("\n").split(",")
+        try:
+            row_step = float(cells[column])
+        except (IndexError, ValueError):
+            continue
+        if row_step <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(kept))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so readers never see a half-written file."""
+    temp = path.with_name(f".{path.name}.tmp")
+    with open(temp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def make_logger(run_dir: Path, wandb_run: Any | None, *, stdout: bool, resume: bool) -> Logger:
+    """SB3 logger writing progress.csv, TensorBoard events (run_dir/tb), optionally stdout, and W&B."""
+    csv_path = run_dir / "progress.csv"
+    csv_format = AppendingCSVOutputFormat(str(csv_path)) if resume else CSVOutputFormat(str(csv_path))
+    formats: list[KVWriter] = [csv_format, TensorBoardOutputFormat(str(run_dir / "tb"))]
+    if stdout:
+        formats.append(HumanOutputFormat(sys.stdout))
+    if wandb_run is not None:
+        formats.append(WandbOutputFormat(wandb_run))
+    return Logger(folder=str(run_dir), output_formats=formats)
+
+
+# ----------------------------------------------------------------------------- W&B run
+
+
+def has_wandb_credentials() -> bool:
+    """An API key in WANDB_API_KEY or in the netrc entry for the configured W&B host (what `wandb login` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    netrc_path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        entry = netrc.netrc(str(netrc_path)).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    if mode not in WANDB_MODES:
+        raise UsageError(f"unknown --wandb-mode {mode!r}; choose one of {', '.join(WANDB_MODES)}")
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "online") and mode == "auto":
+        return os.environ["WANDB_MODE"]
+    if mode == "auto":
+        return "online" if has_wandb_credentials() else "offline"
+    return mode
+
+
+def init_wandb(
+    *,
+    mode: str,
+    run_dir: Path,
+    project: str,
+    entity: str | None,
+    group: str | None,
+    name: str,
+    tags: Sequence[str],
+    config: Mapping[str, Any],
+    run_id: str | None = None,
+) -> Any | None:
+    """Start (or resume, when `run_id` is given) the W&B run; None when disabled. Never raises for network trouble."""
+    resolved = resolve_wandb_mode(mode)
+    if resolved == "disabled":
+        return None
+    import wandb
+
+    kwargs: dict[str, Any] = {
+        "project": project,
+        "entity": entity,
+        "group": group,
+        "name": name,
+        "tags": list(tags),
+        "config": dict(config),
+        "dir": str(run_dir),
+        "id": run_id,
+        "resume": "allow" if run_id else None,
+    }
+    if resolved == "online":
+        try:
+            return wandb.init(mode="online", settings=_settings(wandb, timeout=ONLINE_INIT_TIMEOUT_S), **kwargs)
+        except Exception as error:  # wandb raises several types (CommError, UsageError, timeouts): all mean "no server"
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(
+                f"warning: W&B online start failed ({reason[:160]}); logging offline instead, upload later with `wandb sync`",
+                file=sys.stderr,
+            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # resume in offline mode is only a local concern; wandb warns about it
+        return wandb.init(mode="offline", settings=_settings(wandb), **kwargs)
+
+
+def _settings(wandb: Any, *, timeout: float | None = None) -> Any:
+    # console="off": our own progress bar and SB3's stdout table stay untouched; everything reaches W&B via the logger.
+    options: dict[str, Any] = {"console": "off", "silent": True, "x_disable_stats": True}
+    if timeout is not None:
+        options["init_timeout"] = timeout
+    return wandb.Settings(**options)
+
+
+def describe_wandb_run(run: Any) -> str:
+    if run is None:
+        return "W&B: disabled"
+    if run.settings.mode == "offline" or getattr(run, "offline", False):
+        return f"W&B: offline run {run.id} in {run.dir.rsplit('/files', 1)[0]}; upload later with `wandb sync`"
+    return f"W&B: {run.url}"
+
+
+def log_model_artifact(run: Any, model_path: Path, *, name: str, metadata: Mapping[str, Any]) -> None:
+    import wandb
+
+    artifact = wandb.Artifact(name=name, type="model", metadata=dict(metadata))
+    artifact.add_file(str(model_path))
+    vecnormalize = model_path.with_name("vecnormalize.pkl")
+    if vecnormalize.exists():
+        artifact.add_file(str(vecnormalize))
+    run.log_artifact(artifact)
+
+
+def log_video(run: Any, video_path: Path, *, key: str, step: int) -> None:
+    import wandb
+
+    run.log({key: wandb.Video(str(video_path), format="mp4"), STEP_METRIC: int(step)})
+
+
+def finish_wandb(run: Any | None, *, exit_code: int = 0) -> None:
+    if run is not None:
+        run.finish(exit_code=exit_code)
+
+
+# ----------------------------------------------------------------------------- reading offline runs back
+
+
+_LOG_BLOCK = 32 * 1024
+_LOG_HEADER = 7  # crc32 (4) + length (2) + type (1), LevelDB log format
+_FILE_HEADER = 7  # ":W&B" + magic (2) + version (1)
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _wandb_records(path: Path) -> list[bytes]:
+    """Raw protobuf records of a `run-<id>.wandb` file (LevelDB log framing, as written by wandb)."""
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B transaction log")
+    records: list[bytes] = []
+    pending = b""
+    offset = _FILE_HEADER
+    while offset + _LOG_HEADER <= len(data):
+        space = _LOG_BLOCK - offset % _LOG_BLOCK
+        if space < _LOG_HEADER:  # block trailer padding
+            offset += space
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[offset : offset + _LOG_HEADER])
+        payload = data[offset + _LOG_HEADER : offset + _LOG_HEADER + length]
+        offset += _LOG_HEADER + length
+        if kind == _FULL:
+            records.append(payload)
+        elif kind == _FIRST:
+            pending = payload
+        elif kind == _MIDDLE:
+            pending += payload
+        elif kind == _LAST:
+            records.append(pending + payload)
+            pending = b""
+        else:
+            break  # zero fill at the end of a file cut short
+    return records
+
+
+def read_wandb_history(path: Path) -> list[dict[str, Any]]:
+    """History rows (dicts of logged values) of every `run-*.wandb` file under `path`, in file order.
+
+    Reads what an offline (or online) run wrote to disk, without a server.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    rows: list[dict[str, Any]] = []
+    for file in sorted(Path(path).rglob("run-*.wandb")):
+        for raw in _wandb_records(file):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") != "history":
+                continue
+            row = {}
+            for item in record.history.item:
+                key = item.key or "/".join(item.nested_key)
+                row[key] = json.loads(item.value_json) if item.value_json else None
+            rows.append(row)
+    return rows
