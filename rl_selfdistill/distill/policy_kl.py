@@ -42,7 +42,10 @@ class PolicyKL:
                 f"self-distillation does not support {type(distribution).__name__} (e.g. gSDE); "
                 "use use_sde=False or distill_coef=0"
             )
-        action_dims = tuple(int(n) for n in getattr(distribution, "action_dims", ()))
+        # Only MultiDiscrete needs the split sizes of its concatenated logits.
+        action_dims = (
+            tuple(int(n) for n in distribution.action_dims) if isinstance(distribution, MultiCategoricalDistribution) else ()
+        )
         return cls(type(distribution), action_dims, temperature, direction)
 
     def params(self, policy: ActorCriticPolicy, distribution: Distribution) -> th.Tensor:
