@@ -1,0 +1,70 @@
+"""Learning checks (slow): distillation on, the RL Zoo's tuned CartPole-v1 hyperparameters."""
+
+import numpy as np
+import pytest
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.utils import LinearSchedule
+
+from rl_selfdistill import SelfDistillDQN, SelfDistillPPO
+
+pytestmark = pytest.mark.slow
+
+# rl-baselines3-zoo hyperparams/ppo.yml and dqn.yml, CartPole-v1.
+ZOO_PPO_CARTPOLE = {
+    "n_steps": 32,
+    "batch_size": 256,
+    "gae_lambda": 0.8,
+    "gamma": 0.98,
+    "n_epochs": 20,
+    "ent_coef": 0.0,
+    "learning_rate": LinearSchedule(1e-3, 0.0, 1.0),
+    "clip_range": LinearSchedule(0.2, 0.0, 1.0),
+}
+ZOO_DQN_CARTPOLE = {
+    "learning_rate": 2.3e-3,
+    "batch_size": 64,
+    "buffer_size": 100_000,
+    "learning_starts": 1000,
+    "gamma": 0.99,
+    "target_update_interval": 10,
+    "train_freq": 256,
+    "gradient_steps": 128,
+    "exploration_fraction": 0.16,
+    "exploration_final_eps": 0.04,
+    "policy_kwargs": {"net_arch": [256, 256]},
+}
+
+
+def deterministic_score(model, seed: int) -> float:
+    eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=10_000 + seed)
+    mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=20, deterministic=True)
+    return float(mean)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sd_ppo_solves_cartpole_within_100k_steps(seed):
+    env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
+    model = SelfDistillPPO(
+        "MlpPolicy", env, seed=seed, device="cpu", distill_coef=0.5, teacher_update_interval=10_000, **ZOO_PPO_CARTPOLE
+    )
+    model.learn(100_000)
+    assert model.distiller.teacher.n_updates == 10
+    assert np.isfinite(model.logger.name_to_value["distill/kl"])
+    assert deterministic_score(model, seed) >= 475
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sd_dqn_learns_cartpole(seed):
+    model = SelfDistillDQN(
+        "MlpPolicy",
+        "CartPole-v1",
+        seed=seed,
+        device="cpu",
+        distill_coef=0.5,
+        teacher_update_interval=5_000,
+        **ZOO_DQN_CARTPOLE,
+    )
+    model.learn(50_000)
+    assert model.distiller.teacher.n_updates == 10
+    assert deterministic_score(model, seed) >= 200
