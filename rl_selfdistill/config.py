@@ -268,6 +268,7 @@ META_KEYS: dict[str, Validator] = {
     "normalize": normalize,
     "frame_stack": optional(int_at_least(1)),
     "env_kwargs": mapping,
+    "wrapper_kwargs": mapping,  # Atari preprocessing options (rl_selfdistill.envs.AtariSettings fields)
     "max_episode_steps": optional(int_at_least(1)),
     "policy_kwargs": policy_kwargs,
 }
@@ -355,31 +356,12 @@ def check_algo(algo: str) -> str:
 # ----------------------------------------------------------------------------- env families
 
 
-def _env_spec(env_id: str) -> Any:
-    import gymnasium as gym
-
-    if env_id not in gym.registry:
-        try:  # Atari ids exist only once ale_py has registered them.
-            import ale_py
-
-            gym.register_envs(ale_py)
-        except ImportError:
-            pass
-    if env_id not in gym.registry:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
-        hint = f"; closest: {', '.join(close)}" if close else "; see gymnasium.registry for valid ids"
-        raise UsageError(f"unknown environment id {env_id!r}{hint}")
-    return gym.registry[env_id]
-
-
 def env_family(env_id: str) -> str:
-    """'atari', 'mujoco' or 'other', from the gymnasium registration's entry point."""
-    entry_point = str(_env_spec(env_id).entry_point)
-    if "ale_py" in entry_point:
-        return "atari"
-    if "mujoco" in entry_point:
-        return "mujoco"
-    return "other"
+    """'atari', 'mujoco' or 'other': which fallback section of a preset applies. Unknown ids are a UsageError."""
+    from rl_selfdistill.envs.registry import resolve
+
+    family = resolve(env_id).family
+    return family if family in ("atari", "mujoco") else "other"
 
 
 # ----------------------------------------------------------------------------- preset files

@@ -32,7 +32,6 @@ import yaml
 
 from rl_selfdistill import config as cfg
 from rl_selfdistill.errors import UsageError
-from rl_selfdistill.tracking import atomic_write_text
 
 VEC_ENV_BACKENDS = ("auto", "dummy", "subproc", "envpool")
 DEVICES = ("auto", "cpu", "cuda")
@@ -118,6 +117,9 @@ def _check_device(device: str) -> None:
 def resolve_config(request: TrainRequest) -> dict[str, Any]:
     """The fully resolved run configuration written to config.yaml (validated, no objects)."""
     _check_request(request)
+    cfg.validate_hyperparams(request.algo, request.hyperparams, what="-params")  # fails fast, before any env lookup
+    if request.run_dir is not None:
+        refuse_existing_run_dir(Path(request.run_dir))
     hyperparams = cfg.resolve_hyperparams(request.algo, request.env_id, request.hyperparams, conf_file=request.conf_file)
     if request.n_timesteps is not None:
         hyperparams["n_timesteps"] = request.n_timesteps
@@ -146,7 +148,8 @@ def constructor_defaults(algo: str, hyperparams: dict[str, Any]) -> dict[str, An
     defaults: dict[str, Any] = {}
     for key in cfg.SCHEMAS[algo]:
         parameter = signature.parameters.get(key)
-        if key in hyperparams or parameter is None or parameter.default is inspect.Parameter.empty:
+        # Meta keys (policy_kwargs, ...) are run-level; their absence is meaningful (SB3 builds its own defaults).
+        if key in hyperparams or key in cfg.META_KEYS or parameter is None or parameter.default is inspect.Parameter.empty:
             continue
         value = parameter.default
         defaults[key] = list(value) if isinstance(value, tuple) else value
@@ -158,10 +161,12 @@ def constructor_defaults(algo: str, hyperparams: dict[str, Any]) -> dict[str, An
 
 def make_env(env_id: str, hyperparams: dict[str, Any], *, n_envs: int, backend: str, seed: int, render: bool = False) -> Any:
     """Vectorised env from the environment layer, with Monitor stats, Atari preprocessing and frame stacking."""
-    from rl_selfdistill.envs import make_vec_env
+    from rl_selfdistill.envs import make_vec_env, resolve
 
     env_kwargs = dict(hyperparams.get("env_kwargs") or {})
     if render:
+        if resolve(env_id).family == "atari":
+            return _rendering_atari_env(env_id, hyperparams, seed)
         env_kwargs["render_mode"] = "rgb_array"
     return make_vec_env(
         env_id,
@@ -171,7 +176,27 @@ def make_env(env_id: str, hyperparams: dict[str, Any], *, n_envs: int, backend: 
         max_episode_steps=hyperparams.get("max_episode_steps"),
         env_kwargs=env_kwargs or None,
         frame_stack=hyperparams.get("frame_stack"),
+        wrapper_kwargs=hyperparams.get("wrapper_kwargs"),
     )
+
+
+def _rendering_atari_env(env_id: str, hyperparams: dict[str, Any], seed: int) -> Any:
+    """One Atari env that also renders frames: make_vec_env's dummy-backend recipe, with render_mode set.
+
+    make_vec_env has no render option for Atari ids, so the same public pieces are assembled here.
+    """
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack, VecTransposeImage
+
+    from rl_selfdistill.envs import resolve
+    from rl_selfdistill.envs.atari import atari_settings, make_atari_gym_env
+
+    game = resolve(env_id).game
+    settings = atari_settings(
+        hyperparams.get("wrapper_kwargs"), hyperparams.get("frame_stack"), hyperparams.get("max_episode_steps")
+    )
+    venv = VecTransposeImage(DummyVecEnv([lambda: make_atari_gym_env(game, settings, render_mode="rgb_array")]))
+    venv.seed(seed)
+    return VecFrameStack(venv, settings.frame_stack, channels_order="first") if settings.frame_stack > 1 else venv
 
 
 def normalize_kwargs(hyperparams: dict[str, Any]) -> dict[str, Any] | None:
@@ -235,11 +260,16 @@ def allocate_run_dir(log_folder: Path, algo: str, env_id: str) -> Path:
             number += 1
 
 
+def refuse_existing_run_dir(run_dir: Path) -> None:
+    """A forced run directory must be new or empty: an existing run is never overwritten."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise UsageError(f"run directory {str(run_dir)!r} already exists; pass --resume {run_dir} or choose a new one")
+
+
 def claim_run_dir(run_dir: Path) -> Path:
     """Create a forced run directory; refuse one that already has content."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise UsageError(f"run directory {str(run_dir)!r} already exists; pass --resume {run_dir} or choose a new one")
+    refuse_existing_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -292,6 +322,8 @@ def read_run_state(run_dir: Path) -> dict[str, Any]:
 
 
 def write_run_state(run_dir: Path, state: dict[str, Any]) -> None:
+    from rl_selfdistill.tracking import atomic_write_text  # imports SB3: kept out of the fast error path
+
     atomic_write_text(Path(run_dir) / RUN_STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
