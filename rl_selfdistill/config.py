@@ -410,7 +410,8 @@ def load_preset(algo: str, env_id: str, *, conf_file: Path | None = None, _seen:
     merged: dict[str, Any] = {}
     base = preset.get(BASE_KEY)
     if base is not None:
-        if base not in ALGOS or base in _seen or base == algo:
+        # A custom --conf-file may extend the shipped preset of its own algorithm; shipped presets may not loop.
+        if base not in ALGOS or base in _seen or (base == algo and conf_file is None):
             raise UsageError(f"'base: {base}' in {str(path)!r} must name another preset: one of {', '.join(ALGOS)}")
         merged.update(load_preset(base, env_id, _seen=(*_seen, algo)))
     merged.update(_layered_section(preset, env_id, env_family(env_id), source=path))

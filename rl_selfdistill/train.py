@@ -142,12 +142,22 @@ def algo_class(algo: str) -> type:
     return {"ppo": PPO, "dqn": DQN, "sd_ppo": SelfDistillPPO, "sd_dqn": SelfDistillDQN}[algo]
 
 
+def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """Keyword parameters of `cls` including those its __init__ forwards to its bases via **kwargs."""
+    parameters: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            for name, parameter in inspect.signature(klass.__init__).parameters.items():
+                parameters.setdefault(name, parameter)
+    return parameters
+
+
 def constructor_defaults(algo: str, hyperparams: dict[str, Any]) -> dict[str, Any]:
     """Class defaults of the schema keys the preset leaves out, so config.yaml is fully resolved."""
-    signature = inspect.signature(algo_class(algo).__init__)
+    parameters = constructor_parameters(algo_class(algo))
     defaults: dict[str, Any] = {}
     for key in cfg.SCHEMAS[algo]:
-        parameter = signature.parameters.get(key)
+        parameter = parameters.get(key)
         # Meta keys (policy_kwargs, ...) are run-level; their absence is meaningful (SB3 builds its own defaults).
         if key in hyperparams or key in cfg.META_KEYS or parameter is None or parameter.default is inspect.Parameter.empty:
             continue

@@ -1,0 +1,47 @@
+"""Shared fixtures: an isolated home for W&B, and a runner for the real `rl-selfdistill` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+_WANDB_VARIABLES = ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_RUN_ID", "NETRC")
+
+
+@pytest.fixture
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HOME, W&B directories and credentials pointed at a temp dir: nothing leaks in or out of the test."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in _WANDB_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(name, str(home / name.lower()))
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    return home
+
+
+def cli_command() -> list[str]:
+    """The installed console script when present (what users run), else the module entry point."""
+    script = Path(sys.executable).with_name("rl-selfdistill")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "rl_selfdistill.cli"]
+
+
+@pytest.fixture
+def run_cli(isolated_home: Path, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `rl-selfdistill ARGS` in a subprocess (cwd = tmp_path) with the isolated environment."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        return subprocess.run(
+            [*cli_command(), *args], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=timeout
+        )
+
+    return run
+
