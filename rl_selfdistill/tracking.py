@@ -12,6 +12,7 @@ import netrc
 import os
 import struct
 import sys
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -189,12 +190,14 @@ def init_wandb(
         "resume": "allow" if run_id else None,
     }
     if resolved == "online":
+        started = time.monotonic()
         try:
             return wandb.init(mode="online", settings=_settings(wandb, timeout=ONLINE_INIT_TIMEOUT_S), **kwargs)
         except Exception as error:  # wandb raises several types (CommError, UsageError, timeouts): all mean "no server"
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(
-                f"warning: W&B online start failed ({reason[:160]}); logging offline instead, upload later with `wandb sync`",
+                f"warning: W&B online start failed after {time.monotonic() - started:.1f} s ({reason[:120]}); "
+                "logging offline instead, upload later with `wandb sync`",
                 file=sys.stderr,
             )
     with warnings.catch_warnings():
@@ -279,23 +282,36 @@ def _wandb_records(path: Path) -> list[bytes]:
     return records
 
 
+def _records(path: Path, kind: str) -> list[Any]:
+    from wandb.proto import wandb_internal_pb2
+
+    found = []
+    for file in sorted(Path(path).rglob("run-*.wandb")):
+        for raw in _wandb_records(file):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") == kind:
+                found.append(getattr(record, kind))
+    return found
+
+
+def _items(items: Any) -> dict[str, Any]:
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) if item.value_json else None for item in items}
+
+
+def read_wandb_config(path: Path) -> dict[str, Any]:
+    """The run config (merged updates) of every `run-*.wandb` file under `path`."""
+    config: dict[str, Any] = {}
+    for record in _records(path, "run"):  # wandb.init(config=...) travels in the run record
+        config.update(_items(record.config.update))
+    for record in _records(path, "config"):  # later run.config updates
+        config.update(_items(record.update))
+    return config
+
+
 def read_wandb_history(path: Path) -> list[dict[str, Any]]:
     """History rows (dicts of logged values) of every `run-*.wandb` file under `path`, in file order.
 
     Reads what an offline (or online) run wrote to disk, without a server.
     """
-    from wandb.proto import wandb_internal_pb2
-
-    rows: list[dict[str, Any]] = []
-    for file in sorted(Path(path).rglob("run-*.wandb")):
-        for raw in _wandb_records(file):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(raw)
-            if record.WhichOneof("record_type") != "history":
-                continue
-            row = {}
-            for item in record.history.item:
-                key = item.key or "/".join(item.nested_key)
-                row[key] = json.loads(item.value_json) if item.value_json else None
-            rows.append(row)
-    return rows
+    return [_items(record.item) for record in _records(path, "history")]
