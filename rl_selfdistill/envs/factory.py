@@ -153,7 +153,7 @@ def _pool_factory(entry: EnvEntry, n_envs: int, kwargs: dict[str, Any]) -> Calla
             return envpool.make(entry.envpool_id, env_type="gymnasium", num_envs=n_envs, batch_size=n_envs,
                                 num_threads=num_threads, seed=seed, **kwargs)
         except (TypeError, ValueError, KeyError) as err:
-            raise UsageError(f"EnvPool rejected the options for {entry.env_id}: {err}; "
-                             f"check env_kwargs or use backend='dummy'") from err
+            raise UsageError(f"bad env_kwargs for {entry.env_id} on backend 'envpool': {err}; "
+                             f"check the option names or use backend='dummy'") from err
 
     return make_pool
