@@ -239,8 +239,16 @@ def log_video(run: Any, video_path: Path, *, key: str, step: int) -> None:
 
 
 def finish_wandb(run: Any | None, *, exit_code: int = 0) -> None:
+    """Finish the run and stop wandb's service, which is what flushes the run files to disk.
+
+    Without the teardown, run.finish() can return before run-<id>.wandb holds the history
+    (observed with wandb 0.31), and a caller reading the run directory right after would miss it.
+    """
     if run is not None:
+        import wandb
+
         run.finish(exit_code=exit_code)
+        wandb.teardown()
 
 
 # ----------------------------------------------------------------------------- reading offline runs back
