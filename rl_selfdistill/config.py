@@ -24,6 +24,7 @@ from rl_selfdistill.errors import UsageError
 from rl_selfdistill.paths import data_dir
 
 ALGOS = ("ppo", "sd_ppo", "dqn", "sd_dqn")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
 FALLBACK_SECTIONS = ("default", "atari", "mujoco")
 BASE_KEY = "base"
 

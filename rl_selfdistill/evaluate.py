@@ -148,11 +148,9 @@ def _play(model: Any, env: Any, writer: Any, *, max_frames: int, deterministic: 
 
 
 def register(subparsers: Any) -> None:
-    from rl_selfdistill.train_cli import _one_line_error
+    from rl_selfdistill.train_cli import HelpFormatter, _one_line_error
 
-    parser = subparsers.add_parser(
-        "evaluate", help=HELP, description=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = subparsers.add_parser("evaluate", help=HELP, description=HELP, formatter_class=HelpFormatter)
     parser.error = _one_line_error(parser)  # type: ignore[method-assign]
     parser.add_argument("source", type=Path, metavar="RUN_DIR_OR_MODEL", help="run directory or model .zip inside one")
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes")

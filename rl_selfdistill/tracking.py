@@ -30,9 +30,9 @@ from stable_baselines3.common.logger import (
     filter_excluded_keys,
 )
 
+from rl_selfdistill.config import WANDB_MODES
 from rl_selfdistill.errors import UsageError
 
-WANDB_MODES = ("auto", "online", "offline", "disabled")
 # Seconds an online wandb.init may take before we give up on it; leaves room under the 30 s promise.
 ONLINE_INIT_TIMEOUT_S = 20.0
 STEP_METRIC = "global_step"

@@ -99,6 +99,8 @@ def _check_request(request: TrainRequest) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise UsageError(f"{option} must be an integer >= {minimum}, got {value!r}")
+    if request.wandb_mode not in cfg.WANDB_MODES:
+        raise UsageError(f"unknown --wandb-mode {request.wandb_mode!r}; choose one of {', '.join(cfg.WANDB_MODES)}")
     if request.vec_env not in VEC_ENV_BACKENDS:
         raise UsageError(f"unknown --vec-env {request.vec_env!r}; choose one of {', '.join(VEC_ENV_BACKENDS)}")
     _check_device(request.device)

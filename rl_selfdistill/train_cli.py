@@ -19,6 +19,15 @@ EXAMPLES = """examples:
 """
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" where there is a meaningful default; options without one explain it in their help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _one_line_error(parser: argparse.ArgumentParser) -> Any:
     def error(message: str) -> NoReturn:
         # argparse would print the whole usage block; one line that names the fix is easier to act on.
@@ -68,7 +77,7 @@ def register(subparsers: Any) -> None:
         help=HELP,
         description=HELP,
         epilog=EXAMPLES,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.error = _one_line_error(parser)  # type: ignore[method-assign]
     add_train_arguments(parser)
