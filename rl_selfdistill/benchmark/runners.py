@@ -7,16 +7,19 @@ Scheduling is left to `concurrent.futures` and Ray respectively.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import shlex
 import time
+import traceback
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rl_selfdistill.benchmark.grid import RunSpec, RunState, run_state
+from rl_selfdistill.benchmark.grid import RunSpec, RunState, read_run_info, run_state
 
 # Ray's object store only carries small job descriptions and outcomes here.
 _RAY_OBJECT_STORE_BYTES = 100 * 2**20
@@ -59,6 +62,7 @@ def execute_run(job: RunJob) -> RunOutcome:
     try:
         _train_or_resume(job, state)
     except Exception as error:  # noqa: BLE001 - reported per run, the grid goes on
+        traceback.print_exc()  # the worker's stderr keeps the full story; the outcome carries one line
         message = f"{type(error).__name__}: {error}"
         return RunOutcome(job.spec.label, str(job.run_dir), action, time.monotonic() - start, message)
     return RunOutcome(job.spec.label, str(job.run_dir), action, time.monotonic() - start)
@@ -67,14 +71,30 @@ def execute_run(job: RunJob) -> RunOutcome:
 def _train_or_resume(job: RunJob, state: RunState) -> None:
     from rl_selfdistill import train
 
+    if state is RunState.INTERRUPTED and not _resumable(job.run_dir):
+        set_aside(job.run_dir)
+        state = RunState.MISSING
     if state is RunState.INTERRUPTED:
         train.resume_training(job.run_dir)
     else:
         train.run_training(build_train_request(job))
 
 
+def _resumable(run_dir: Path) -> bool:
+    """A run killed before it wrote its config and state has nothing to resume from."""
+    return (run_dir / "config.yaml").is_file() and read_run_info(run_dir) is not None
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Rename an unusable run directory instead of deleting it (the user may want to look at it)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    target = run_dir.with_name(f"{run_dir.name}.incomplete-{stamp}")
+    run_dir.rename(target)
+    return target
+
+
 def build_train_request(job: RunJob) -> Any:
-    """The `TrainRequest` the `train` command would build for this cell."""
+    """The `TrainRequest` the `train` command would build for this cell (quiet: no progress bar, no log table)."""
     from rl_selfdistill.train import TrainRequest
 
     options = {key: value for key, value in job.train_options.items() if value is not None}
@@ -87,8 +107,27 @@ def build_train_request(job: RunJob) -> Any:
         run_dir=job.run_dir,
         wandb_group=job.wandb_group,
         extra_tags=list(job.tags),
+        progress=False,
+        verbose=0,
+        command=train_command(job),
         **options,
     )
+
+
+def train_command(job: RunJob) -> str:
+    """The `rl-selfdistill train` command that reproduces this cell on its own (recorded in command.txt)."""
+    words = ["rl-selfdistill", "train", "--algo", job.spec.algo, "--env", job.spec.env_id]
+    words += ["-n", str(job.spec.n_timesteps), "--seed", str(job.spec.seed), "--run-dir", str(job.run_dir)]
+    for key, value in job.train_options.items():
+        if value is not None:
+            words += [f"--{key.replace('_', '-')}", str(value)]
+    if job.wandb_group:
+        words += ["--wandb-group", job.wandb_group]
+    if job.tags:
+        words += ["--tags", *job.tags]
+    if job.hyperparams:
+        words += ["-params", *(f"{key}:{json.dumps(value)}" for key, value in job.hyperparams.items())]
+    return shlex.join([*words, "--no-progress", "--verbose", "0"])
 
 
 def limit_threads(n_threads: int) -> None:

@@ -1,0 +1,196 @@
+"""Paired throughput: train A and B with identical settings, alternating A B A B in one process.
+
+Alternating trials in one process exposes both algorithms to the same machine load over
+time (a shared machine drifts), and the median over trials ignores a stray slow trial.
+Each model is warmed up first (not timed) so that the measured trials run in steady
+state: for a self-distilling model the teacher exists and the KL term is active, for DQN
+learning has started.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rl_selfdistill.errors import UsageError
+
+PPO_FAMILY = ("ppo", "sd_ppo")
+DQN_FAMILY = ("dqn", "sd_dqn")
+DEFAULT_BACKEND = "dummy"
+
+
+@dataclass(frozen=True)
+class AlgoSpec:
+    """`algo[@backend]`, e.g. `ppo`, `sd_ppo`, `ppo@envpool`."""
+
+    algo: str
+    backend: str = DEFAULT_BACKEND
+
+    @classmethod
+    def parse(cls, text: str) -> AlgoSpec:
+        algo, _, backend = text.partition("@")
+        if algo not in PPO_FAMILY + DQN_FAMILY:
+            raise UsageError(f"unknown algo {algo!r} in {text!r}; write ALGO[@BACKEND] with ALGO in ppo, sd_ppo, dqn, sd_dqn")
+        return cls(algo, backend or DEFAULT_BACKEND)
+
+    @property
+    def label(self) -> str:
+        return f"{self.algo}@{self.backend}"
+
+    @property
+    def is_sd(self) -> bool:
+        return self.algo.startswith("sd_")
+
+
+@dataclass(frozen=True)
+class ThroughputSettings:
+    """Hyperparameters shared by A and B. PPO uses n_steps/n_epochs/batch_size, DQN the replay settings."""
+
+    n_envs: int = 8
+    timesteps: int = 10_240  # environment steps per timed trial
+    warmup_timesteps: int | None = None  # default: enough for the teacher to exist (and DQN to learn)
+    device: str = "cpu"
+    seed: int = 0
+    n_steps: int = 128
+    n_epochs: int = 10
+    batch_size: int = 256
+    train_freq: int = 4
+    gradient_steps: int = 1
+    learning_starts: int = 1_000
+    buffer_size: int = 100_000
+    target_update_interval: int = 1_000
+    distill_coef: float = 0.5
+    teacher_update_interval: int = 2_048
+
+    def warmup_for(self, spec: AlgoSpec) -> int:
+        if self.warmup_timesteps is not None:
+            return self.warmup_timesteps
+        # One rollout (PPO) or train step (DQN) past the first teacher refresh, so the KL term is on when timing starts.
+        needed = self.teacher_update_interval if spec.is_sd else 0
+        if spec.algo in DQN_FAMILY:
+            needed = max(needed, self.learning_starts)
+        return needed + self.n_envs * (self.n_steps if spec.algo in PPO_FAMILY else self.train_freq)
+
+
+@dataclass
+class ThroughputResult:
+    env_id: str
+    a: str
+    b: str
+    fps_a: list[float]
+    fps_b: list[float]
+    settings: dict[str, Any]
+    teacher_updates: dict[str, int | None] = field(default_factory=dict)
+
+    @property
+    def median_a(self) -> float:
+        return statistics.median(self.fps_a)
+
+    @property
+    def median_b(self) -> float:
+        return statistics.median(self.fps_b)
+
+    @property
+    def ratio(self) -> float:
+        """median fps of B / median fps of A: below 1 means B is slower."""
+        return self.median_b / self.median_a
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "median_a": self.median_a, "median_b": self.median_b, "ratio_b_over_a": self.ratio}
+
+
+def algo_kwargs(spec: AlgoSpec, settings: ThroughputSettings) -> dict[str, Any]:
+    """Constructor arguments; A and B get the same ones except the SD-only keys."""
+    common: dict[str, Any] = {"seed": settings.seed, "device": settings.device, "verbose": 0}
+    if spec.algo in PPO_FAMILY:
+        common.update(n_steps=settings.n_steps, n_epochs=settings.n_epochs, batch_size=settings.batch_size)
+    else:
+        common.update(
+            train_freq=settings.train_freq,
+            gradient_steps=settings.gradient_steps,
+            learning_starts=settings.learning_starts,
+            buffer_size=settings.buffer_size,
+            batch_size=settings.batch_size,
+            target_update_interval=settings.target_update_interval,
+        )
+    if spec.is_sd:
+        common.update(distill_coef=settings.distill_coef, teacher_update_interval=settings.teacher_update_interval)
+    return common
+
+
+def algo_class(algo: str) -> type:
+    from stable_baselines3 import DQN, PPO
+
+    from rl_selfdistill.algos import SelfDistillDQN, SelfDistillPPO
+
+    return {"ppo": PPO, "sd_ppo": SelfDistillPPO, "dqn": DQN, "sd_dqn": SelfDistillDQN}[algo]
+
+
+def build_model(env_id: str, spec: AlgoSpec, settings: ThroughputSettings) -> Any:
+    from rl_selfdistill.envs import make_vec_env
+
+    env = make_vec_env(env_id, n_envs=settings.n_envs, backend=spec.backend, seed=settings.seed)
+    return algo_class(spec.algo)("MlpPolicy", env, **algo_kwargs(spec, settings))
+
+
+def timed_trial(model: Any, timesteps: int) -> float:
+    """Environment steps per second of one `learn` call (steps counted, as PPO rounds up to whole rollouts)."""
+    before = model.num_timesteps
+    start = time.perf_counter()
+    model.learn(total_timesteps=timesteps, reset_num_timesteps=False, progress_bar=False)
+    return (model.num_timesteps - before) / (time.perf_counter() - start)
+
+
+def teacher_updates(model: Any) -> int | None:
+    distiller = getattr(model, "distiller", None)
+    return None if distiller is None else int(distiller.teacher.n_updates)
+
+
+def check_pair(a: AlgoSpec, b: AlgoSpec, pairs: int) -> None:
+    families = {spec.algo in PPO_FAMILY for spec in (a, b)}
+    if len(families) != 1:
+        raise UsageError(
+            f"{a.label} and {b.label} are different algorithm families; compare ppo with sd_ppo or dqn with sd_dqn"
+        )
+    if pairs < 1:
+        raise UsageError(f"--pairs must be at least 1, got {pairs}")
+
+
+def measure_throughput(
+    env_id: str,
+    a: AlgoSpec | str,
+    b: AlgoSpec | str,
+    pairs: int = 5,
+    settings: ThroughputSettings | None = None,
+    report: Any = None,
+) -> ThroughputResult:
+    """Warm up A and B, then time `pairs` A B rounds; `report(label, trial, fps)` sees each trial as it ends."""
+    a, b = (spec if isinstance(spec, AlgoSpec) else AlgoSpec.parse(spec) for spec in (a, b))
+    settings = settings or ThroughputSettings()
+    check_pair(a, b, pairs)
+    models = {spec: build_model(env_id, spec, settings) for spec in (a, b)}
+    for spec, model in models.items():
+        model.learn(total_timesteps=settings.warmup_for(spec), progress_bar=False)
+    fps: dict[AlgoSpec, list[float]] = {a: [], b: []}
+    for trial in range(pairs):
+        for spec in (a, b):
+            fps[spec].append(timed_trial(models[spec], settings.timesteps))
+            if report is not None:
+                report(spec.label, trial, fps[spec][-1])
+    updates = {spec.label: teacher_updates(model) for spec, model in models.items()}
+    for model in models.values():
+        model.get_env().close()
+    return ThroughputResult(env_id, a.label, b.label, fps[a], fps[b], asdict(settings), updates)
+
+
+def format_result(result: ThroughputResult) -> str:
+    lines = [
+        f"env {result.env_id}: {len(result.fps_a)} pairs of {result.settings['timesteps']} steps",
+        f"A {result.a}: median {result.median_a:.0f} fps  (trials: {', '.join(f'{v:.0f}' for v in result.fps_a)})",
+        f"B {result.b}: median {result.median_b:.0f} fps  (trials: {', '.join(f'{v:.0f}' for v in result.fps_b)})",
+        f"ratio B/A: {result.ratio:.3f}",
+    ]
+    lines += [f"teacher updates of {label}: {n}" for label, n in result.teacher_updates.items() if n is not None]
+    return "\n".join(lines)

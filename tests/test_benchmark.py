@@ -1,0 +1,177 @@
+"""`rl-selfdistill benchmark`: grid bookkeeping (fast) and real tiny CartPole grids on a process pool and on Ray."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rl_selfdistill.benchmark import cli as bench_cli
+from rl_selfdistill.benchmark.grid import EnvBudget, Manifest, RunSpec, RunState, merge_manifest, run_state
+from rl_selfdistill.benchmark.runners import RunJob, threads_per_worker, train_command
+from rl_selfdistill.cli import main
+from rl_selfdistill.errors import UsageError
+
+# Tiny budgets: 8 envs x 32 steps per PPO rollout, so 768 steps are 3 rollouts.
+TINY = ["--envs", "CartPole-v1", "--algos", "ppo", "sd_ppo", "--seeds", "2", "-n", "768"]
+TINY += ["--eval-freq", "256", "--eval-episodes", "2", "--save-freq", "0", "--wandb-mode", "disabled", "--device", "cpu"]
+TINY += ["-params", "teacher_update_interval:256"]
+
+
+def manifest(**changes):
+    fields = dict(
+        benchmark_id="b1",
+        suite=None,
+        envs=[EnvBudget("CartPole-v1", 1000)],
+        algos=["ppo"],
+        seeds=[0, 1],
+        sd_params={"distill_coef": 0.1},
+        git_commit="c",
+        created_at="t",
+    )
+    return Manifest(**{**fields, **changes})
+
+
+def test_params_are_yaml_values():
+    assert bench_cli.parse_params(["distill_coef:0.1", "teacher_mode:ema", "net:[64, 64]"]) == {
+        "distill_coef": 0.1,
+        "teacher_mode": "ema",
+        "net": [64, 64],
+    }
+    with pytest.raises(UsageError, match="KEY:VALUE"):
+        bench_cli.parse_params(["distill_coef=0.1"])
+
+
+def test_manifest_keeps_its_id_and_refuses_a_changed_experiment():
+    merged = merge_manifest(manifest(), manifest(benchmark_id="b2", algos=["sd_ppo"], seeds=[2]))
+    assert (merged.benchmark_id, merged.algos, merged.seeds) == ("b1", ["ppo", "sd_ppo"], [0, 1, 2])
+    with pytest.raises(UsageError, match="-params"):
+        merge_manifest(manifest(), manifest(sd_params={"distill_coef": 0.5}))
+    with pytest.raises(UsageError, match="-n 2000"):
+        merge_manifest(manifest(), manifest(envs=[EnvBudget("CartPole-v1", 2000)]))
+
+
+def test_grid_is_algo_env_seed_product():
+    specs = manifest(algos=["ppo", "sd_ppo"], seeds=[0, 1, 2]).specs()
+    assert len(specs) == 6
+    assert specs[0].run_dir(Path("OUT")) == Path("OUT/runs/ppo/CartPole-v1/seed0")
+
+
+def test_run_state_reads_run_json(tmp_path):
+    run_dir = tmp_path / "seed0"
+    assert run_state(run_dir) is RunState.MISSING
+    run_dir.mkdir()
+    assert run_state(run_dir) is RunState.INTERRUPTED
+    (run_dir / "run.json").write_text(json.dumps({"status": "running"}))
+    assert run_state(run_dir) is RunState.INTERRUPTED
+    (run_dir / "run.json").write_text(json.dumps({"status": "finished"}))
+    assert run_state(run_dir) is RunState.FINISHED
+
+
+def test_sd_params_reach_only_sd_runs_and_wandb_tags_name_the_cell(tmp_path):
+    args = main_parser_args(TINY + ["-o", str(tmp_path / "out")])
+    grid_manifest = bench_cli.requested_manifest(args)
+    jobs = bench_cli.build_jobs(args, grid_manifest, bench_cli.requested_specs(args, grid_manifest))
+    by_algo = {job.spec.algo: job for job in jobs if job.spec.seed == 0}
+    assert by_algo["ppo"].hyperparams == {}
+    assert by_algo["sd_ppo"].hyperparams == {"teacher_update_interval": 256}
+    assert {job.wandb_group for job in jobs} == {grid_manifest.benchmark_id}
+    assert by_algo["sd_ppo"].tags[:4] == (grid_manifest.benchmark_id, "sd_ppo", "CartPole-v1", "seed0")
+    assert by_algo["sd_ppo"].tags[4].startswith("commit-")
+    command = train_command(by_algo["sd_ppo"])
+    assert command.startswith("rl-selfdistill train --algo sd_ppo --env CartPole-v1 -n 768 --seed 0 --run-dir ")
+    assert "-params teacher_update_interval:256" in command
+
+
+def test_threads_per_worker_never_oversubscribes():
+    assert threads_per_worker(1, cpu_count=8) == 8
+    assert threads_per_worker(3, cpu_count=8) == 2
+    assert threads_per_worker(16, cpu_count=8) == 1
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["benchmark", "--envs", "CartPole-v1", "--seeds", "0", "-n", "100", "-o", str(tmp_path / "o")]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def main_parser_args(argv):
+    from rl_selfdistill.cli import build_parser
+
+    return build_parser().parse_args(["benchmark", *argv])
+
+
+def run_dirs(out):
+    return sorted(str(path.relative_to(out)) for path in out.glob("runs/*/*/seed*"))
+
+
+def test_local_and_ray_backends_give_the_same_runs_and_report(tmp_path):
+    local, ray_out = tmp_path / "local", tmp_path / "ray"
+    assert main(["benchmark", *TINY, "--backend", "local", "--workers", "2", "-o", str(local)]) == 0
+    assert main(["benchmark", *TINY, "--backend", "ray", "--workers", "2", "-o", str(ray_out)]) == 0
+    expected = [f"runs/{algo}/CartPole-v1/seed{seed}" for algo in ("ppo", "sd_ppo") for seed in (0, 1)]
+    assert run_dirs(local) == run_dirs(ray_out) == expected
+    for name in expected:
+        for out in (local, ray_out):
+            info = json.loads((out / name / "run.json").read_text())
+            assert (info["status"], info["num_timesteps_done"]) == ("finished", 768)
+        # Same seed, one torch thread each: the two backends train bit-identical runs.
+        pd.testing.assert_frame_equal(pd.read_csv(local / name / "eval.csv"), pd.read_csv(ray_out / name / "eval.csv"))
+    summaries = []
+    for out in (local, ray_out):
+        assert main(["report", str(out), "--reps", "200"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        summaries.append([(row["env_id"], row["algo"], row.get("scores")) for row in summary["per_env"]])
+        assert (out / "report.md").read_text().count("| CartPole-v1 |") == 4 + 2  # runs table + per-env table
+        assert (out / "figures" / "learning_curves.png").stat().st_size > 10_000
+    assert summaries[0] == summaries[1]
+
+
+def wait_for(condition, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_rerun_after_a_kill_finishes_only_the_missing_runs(tmp_path):
+    """Kill a 1-worker benchmark while its second run is mid-training, then re-run the same command."""
+    from rl_selfdistill.train import list_checkpoints
+
+    out = tmp_path / "out"
+    argv = ["benchmark", "--envs", "CartPole-v1", "--algos", "ppo", "--seeds", "3", "-n", "2048", "--save-freq", "512"]
+    argv += ["--eval-freq", "1024", "--eval-episodes", "2", "--wandb-mode", "disabled", "--device", "cpu", "-o", str(out)]
+    first, second = out / "runs/ppo/CartPole-v1/seed0", out / "runs/ppo/CartPole-v1/seed1"
+    code = "import sys; from rl_selfdistill.cli import main; sys.exit(main(sys.argv[1:]))"
+    process = subprocess.Popen([sys.executable, "-c", code, *argv], start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: run_state(first) is RunState.FINISHED and list_checkpoints(second), timeout=240)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the whole session: the benchmark and its pool worker
+        process.wait()
+    assert run_state(second) is RunState.INTERRUPTED
+    finished_model = (first / "model.zip").stat().st_mtime_ns
+
+    assert main(argv) == 0
+    assert all(run_state(out / f"runs/ppo/CartPole-v1/seed{seed}") is RunState.FINISHED for seed in range(3))
+    assert (first / "model.zip").stat().st_mtime_ns == finished_model  # untouched, not retrained
+    assert "resumed at step" in (second / "command.txt").read_text()
+    invocations = json.loads((out / "benchmark.json").read_text())["invocations"]
+    assert [inv["finished_at"] is None for inv in invocations] == [True, False]  # the killed one stays marked
+    assert len({json.loads((out / "benchmark.json").read_text())["benchmark_id"]}) == 1
+
+
+def test_job_is_picklable_for_pool_and_ray(tmp_path):
+    import pickle
+
+    job = RunJob(RunSpec("ppo", "CartPole-v1", 0, 10), tmp_path / "r", {}, {"device": "cpu"}, "g", ("t",), 1)
+    assert pickle.loads(pickle.dumps(job)) == job

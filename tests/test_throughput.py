@@ -1,0 +1,68 @@
+"""Paired A/B throughput measurement, with real (tiny) PPO/SelfDistillPPO and DQN/SelfDistillDQN training."""
+
+import json
+import statistics
+
+import pytest
+
+from rl_selfdistill.benchmark.throughput import AlgoSpec, ThroughputSettings, algo_kwargs, measure_throughput
+from rl_selfdistill.cli import main
+from rl_selfdistill.errors import UsageError
+
+TINY = ThroughputSettings(
+    n_envs=4, timesteps=256, device="cpu", n_steps=32, n_epochs=2, batch_size=64, teacher_update_interval=128
+)
+
+
+def test_spec_parsing():
+    assert AlgoSpec.parse("sd_ppo@envpool") == AlgoSpec("sd_ppo", "envpool")
+    assert AlgoSpec.parse("dqn").label == "dqn@dummy"
+    with pytest.raises(UsageError, match="unknown algo"):
+        AlgoSpec.parse("a2c")
+
+
+def test_a_and_b_share_every_hyperparameter_but_the_distillation_keys():
+    base, sd = algo_kwargs(AlgoSpec("ppo"), TINY), algo_kwargs(AlgoSpec("sd_ppo"), TINY)
+    assert {key: value for key, value in sd.items() if key not in base} == {
+        "distill_coef": 0.5,
+        "teacher_update_interval": 128,
+    }
+    assert all(sd[key] == value for key, value in base.items())
+
+
+def test_warmup_reaches_past_the_first_teacher_refresh():
+    assert TINY.warmup_for(AlgoSpec("sd_ppo")) == 128 + 4 * 32
+    assert TINY.warmup_for(AlgoSpec("sd_dqn")) == max(128, TINY.learning_starts) + 4 * TINY.train_freq
+
+
+def test_ppo_pair_alternates_and_reports_medians():
+    seen = []
+    result = measure_throughput(
+        "CartPole-v1", "ppo", "sd_ppo", pairs=2, settings=TINY, report=lambda *trial: seen.append(trial)
+    )
+    assert [(label, trial) for label, trial, _ in seen] == [
+        (label, trial) for trial in range(2) for label in ("ppo@dummy", "sd_ppo@dummy")
+    ]
+    assert len(result.fps_a) == len(result.fps_b) == 2 and min(result.fps_a + result.fps_b) > 0
+    assert result.median_b == statistics.median(result.fps_b)
+    assert result.ratio == pytest.approx(result.median_b / result.median_a)
+    # The teacher was refreshed during warm-up and again during the timed trials.
+    assert result.teacher_updates["ppo@dummy"] is None
+    assert result.teacher_updates["sd_ppo@dummy"] >= 2
+
+
+def test_dqn_pair_through_the_cli(tmp_path, capsys):
+    argv = ["throughput", "--env", "CartPole-v1", "--a", "dqn", "--b", "sd_dqn", "--pairs", "1", "-n", "256"]
+    argv += ["--n-envs", "2", "--learning-starts", "128", "--teacher-update-interval", "128", "--batch-size", "32"]
+    argv += ["--buffer-size", "2000", "--device", "cpu", "--json", str(tmp_path / "t.json")]
+    assert main(argv) == 0
+    output = capsys.readouterr().out
+    assert "trial 1 dqn@dummy:" in output and "trial 1 sd_dqn@dummy:" in output and "ratio B/A:" in output
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["ratio_b_over_a"] == pytest.approx(saved["median_b"] / saved["median_a"])
+    assert saved["teacher_updates"]["sd_dqn@dummy"] >= 1
+
+
+def test_mixed_families_are_refused(capsys):
+    assert main(["throughput", "--env", "CartPole-v1", "--a", "ppo", "--b", "sd_dqn"]) == 2
+    assert "different algorithm families" in capsys.readouterr().err
