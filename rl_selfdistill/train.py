@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -528,6 +529,8 @@ def _make_eval_callback(session: _Session) -> Any:
 
     options = session.config["options"]
     n_envs = session.config["hyperparams"]["n_envs"]
+    # The eval env is always a DummyVecEnv (it must be able to render); SB3 warns when training uses another backend.
+    warnings.filterwarnings("ignore", message="Training and eval env are not of the same type")
     callback = EvalCallback(
         session.eval_env,
         callback_on_new_best=_SaveBestVecNormalize(),

@@ -1,0 +1,285 @@
+"""The real `rl-selfdistill train` / `evaluate` commands in subprocesses, on tiny budgets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import imageio.v2 as imageio
+import pytest
+import yaml
+from conftest import cli_command
+
+from rl_selfdistill.tracking import read_wandb_config, read_wandb_history
+from rl_selfdistill.train import allocate_run_dir, list_checkpoints
+
+Runner = Callable[..., subprocess.CompletedProcess]
+# Small, fast settings for runs whose learning does not matter.
+TINY_PPO = ["-params", "n_steps:64", "batch_size:64", "n_epochs:1", "policy_kwargs:{net_arch: [16]}"]
+
+
+def read_frames(path: Path) -> list:
+    """Decode every frame of an MP4 (what a player does), with ffmpeg through imageio."""
+    reader = imageio.get_reader(path)
+    # Not list(reader): the ffmpeg reader reports len() == inf for streams, and list() trusts that hint.
+    frames = [frame for frame in reader]  # noqa: C416
+    reader.close()
+    return frames
+
+
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The acceptance command, once per module: sd_ppo on CartPole for 4096 steps, no W&B credentials."""
+    work = tmp_path_factory.mktemp("e2e")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_") and key != "NETRC"}
+    env.update(HOME=str(work / "home"), WANDB_DIR=str(work / "home"), OMP_NUM_THREADS="1", SDL_VIDEODRIVER="dummy")
+    command = [
+        *cli_command(),
+        "train",
+        "--algo",
+        "sd_ppo",
+        "--env",
+        "CartPole-v1",
+        "-n",
+        "4096",
+        "--seed",
+        "3",
+        "--save-freq",
+        "2048",
+        "--eval-freq",
+        "2048",
+        "--eval-episodes",
+        "3",
+    ]
+    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    return work / "logs" / "sd_ppo" / "CartPole-v1_1", result
+
+
+def test_train_writes_a_complete_run_directory(cartpole_run):
+    run_dir, result = cartpole_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("config.yaml", "command.txt", "progress.csv", "eval.csv", "best_model.zip", "model.zip", "run.json"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert [path.name for path in list_checkpoints(run_dir)] == ["ckpt_000000002048"]
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["algo"] == "sd_ppo" and config["seed"] == 3
+    hyperparams = config["hyperparams"]
+    assert hyperparams["n_timesteps"] == 4096 and hyperparams["teacher_update_interval"] == 1024
+    assert hyperparams["n_steps"] == 32 and hyperparams["learning_rate"] == "lin_0.001"  # RL Zoo CartPole preset
+    assert hyperparams["teacher_tau"] == 0.05 and hyperparams["gae_lambda"] == 0.8  # class default recorded too
+    assert "train --algo sd_ppo --env CartPole-v1 -n 4096" in (run_dir / "command.txt").read_text()
+
+    state = json.loads((run_dir / "run.json").read_text())
+    assert state["status"] == "finished" and state["num_timesteps_done"] == 4096 and state["n_timesteps"] == 4096
+    assert state["versions"]["stable-baselines3"] and state["wall_clock_s"] > 0 and state["finished_at"]
+
+    header, *rows = (run_dir / "eval.csv").read_text().splitlines()
+    assert header == "timesteps,mean_reward,std_reward,mean_ep_length,n_episodes"
+    assert [row.split(",")[0] for row in rows] == ["2048", "4096"] and all(row.endswith(",3") for row in rows)
+    progress_header = (run_dir / "progress.csv").read_text().splitlines()[0].split(",")
+    assert {"distill/kl", "distill/coef", "rollout/ep_rew_mean", "time/total_timesteps"} <= set(progress_header)
+
+
+def test_offline_wandb_run_holds_every_logged_key(cartpole_run):
+    run_dir, result = cartpole_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "W&B: offline run" in result.stderr and "wandb sync" in result.stderr
+    history = read_wandb_history(run_dir / "wandb")
+    keys = {key for row in history for key in row}
+    assert {"distill/kl", "rollout/ep_rew_mean", "distill/teacher_updates", "train/learning_rate", "eval/mean_reward"} <= keys
+    kl_steps = [row["global_step"] for row in history if "distill/kl" in row]
+    assert kl_steps and max(kl_steps) <= 4096 and max(row["global_step"] for row in history) == 4096
+    assert max(row.get("distill/teacher_updates", 0) for row in history) >= 1
+    config = read_wandb_config(run_dir / "wandb")
+    assert config["hyperparams"]["teacher_update_interval"] == 1024
+    assert "git_commit" in config and config["versions"]["torch"]
+
+
+def test_evaluate_cartpole_with_video(cartpole_run, run_cli: Runner, tmp_path: Path):
+    run_dir, _ = cartpole_run
+    video = tmp_path / "cartpole.mp4"
+    result = run_cli(
+        "evaluate", str(run_dir), "--episodes", "2", "--video", "--video-path", str(video), "--video-length", "60"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"mean_reward=\d+\.\d+ \+/- \d+\.\d+ over 2 episodes", result.stdout)
+    frames = read_frames(video)
+    assert 1 < len(frames) <= 60 and frames[0].shape == (400, 600, 3) and frames[0].std() > 0
+
+
+def test_evaluate_pong_with_video(run_cli: Runner, tmp_path: Path):
+    trained = run_cli(
+        "train",
+        "--algo",
+        "ppo",
+        "--env",
+        "PongNoFrameskip-v4",
+        "-n",
+        "64",
+        "--n-envs",
+        "1",
+        "--eval-freq",
+        "0",
+        "--wandb-mode",
+        "disabled",
+        "--verbose",
+        "0",
+        "--run-dir",
+        "pong",
+        "-params",
+        "n_steps:64",
+        "batch_size:64",
+        "n_epochs:1",
+        "max_episode_steps:40",
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    result = run_cli("evaluate", "pong", "--episodes", "1", "--video", "--video-length", "30")
+    assert result.returncode == 0, result.stderr[-3000:]
+    frames = read_frames(tmp_path / "pong" / "videos" / "model.mp4")
+    assert 1 < len(frames) <= 30 and frames[0].shape == (210, 160, 3)
+
+
+def test_unreachable_wandb_server_falls_back_to_offline_once(run_cli: Runner, tmp_path: Path):
+    # Port 9 (discard) on localhost is closed: the online start fails without any outside traffic.
+    env = {"WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    result = run_cli(
+        "train",
+        "--algo",
+        "ppo",
+        "--env",
+        "CartPole-v1",
+        "-n",
+        "128",
+        "--n-envs",
+        "2",
+        "--eval-freq",
+        "0",
+        "--wandb-mode",
+        "online",
+        "--run-dir",
+        "run",
+        *TINY_PPO,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if "W&B online start failed" in line]
+    assert len(warnings) == 1, result.stderr[-3000:]
+    seconds = float(re.search(r"after (\d+\.\d) s", warnings[0]).group(1))
+    assert seconds < 30
+    assert any("rollout/ep_rew_mean" in row for row in read_wandb_history(tmp_path / "run" / "wandb"))
+
+
+def test_help_documents_every_option_with_its_default(run_cli: Runner):
+    result = run_cli("train", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for option in (
+        "--algo",
+        "--env",
+        "-n",
+        "--seed",
+        "--vec-env",
+        "--n-envs",
+        "--device",
+        "-f",
+        "--eval-freq",
+        "--eval-episodes",
+        "--save-freq",
+        "--resume",
+        "-params",
+        "--wandb-project",
+        "--wandb-entity",
+        "--wandb-group",
+        "--wandb-mode",
+        "--tags",
+        "--no-progress",
+    ):
+        assert f"{option} " in text or f"{option}," in text, option
+    for default in ("(default: logs)", "(default: auto)", "(default: 10000)", "(default: 50000)", "(default: 5)"):
+        assert default in text
+    assert "--video" in run_cli("evaluate", "--help").stdout
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def _fake_run(run_dir: Path, *, status: str) -> Path:
+    run_dir.mkdir(parents=True)
+    config = {
+        "algo": "ppo",
+        "env_id": "CartPole-v1",
+        "seed": 0,
+        "options": {"device": "cpu"},
+        "hyperparams": {"policy": "MlpPolicy", "n_envs": 1, "n_timesteps": 1000},
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "run.json").write_text(json.dumps({"status": status}))
+    return run_dir
+
+
+BAD_INVOCATIONS = [
+    (["train", "--algo", "a2c", "--env", "CartPole-v1"], "unknown algorithm 'a2c'"),
+    (["train", "--algo", "ppo", "--env", "CartPol-v1"], "unknown env id 'CartPol-v1'"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "-params", "n_step:64"], "unknown key 'n_step'"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "-params", "n_steps:abc"], "expected an integer >= 1"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "-params", "n_steps=64"], "-params expects key:value"),
+    (["train", "--algo", "sd_ppo", "--env", "CartPole-v1", "-params", "distill_coef:-1"], "'distill_coef': got -1"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "-params", "distill_coef:0.5"], "unknown key 'distill_coef'"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "-params", "policy_kwargs:{activation_fn: swish}"], "swish"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "-n", "-100"], "-n/--n-timesteps must be an integer >= 1"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "--n-envs", "0"], "--n-envs must be an integer >= 1"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "--n-envs", "two"], "invalid int value: 'two'"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "--seed", "-1"], "--seed must be an integer >= 0"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "--vec-env", "gpu"], "unknown --vec-env 'gpu'"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "--wandb-mode", "cloud"], "unknown --wandb-mode 'cloud'"),
+    (["train", "--algo", "dqn", "--env", "Pendulum-v1", "-n", "100"], "needs a discrete action space"),
+    (["train", "--algo", "ppo"], "--algo and --env are required"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "--conf-file", "broken.yaml"], "is not valid YAML at line"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "--conf-file", "absent.yaml"], "cannot read preset file"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "--run-dir", "logs/ppo/CartPole-v1_1"], "already exists"),
+    (["train", "--resume", "logs/ppo/CartPole-v1_9"], "no such run directory"),
+    (["train", "--resume", "logs/ppo/CartPole-v1_1"], "already finished its budget"),
+    (["train", "--resume", "corrupt"], "is not valid YAML"),
+    (["train", "--resume", "notarun"], "cannot read run config"),
+    (["train", "--resume", "logs/ppo/CartPole-v1_1", "--algo", "ppo"], "drop --algo"),
+    (["evaluate", "nowhere"], "does not exist"),
+    (["evaluate", "logs/ppo/CartPole-v1_1", "--episodes", "0"], "--episodes must be >= 1"),
+]
+
+
+def test_bad_invocations_exit_2_with_one_line_and_touch_nothing(run_cli: Runner, tmp_path: Path):
+    _fake_run(tmp_path / "logs" / "ppo" / "CartPole-v1_1", status="finished")
+    corrupt = _fake_run(tmp_path / "corrupt", status="running")
+    (corrupt / "config.yaml").write_text("algo: ppo\nhyperparams: [\n")
+    (tmp_path / "notarun").mkdir()
+    (tmp_path / "broken.yaml").write_text("CartPole-v1:\n  n_steps: [64\n")
+    before = _tree_digest(tmp_path)
+    failures = []
+    for args, expected in BAD_INVOCATIONS:
+        result = run_cli(*args, env={"WANDB_MODE": "disabled"})
+        lines = result.stderr.strip().splitlines()
+        if result.returncode != 2 or len(lines) != 1 or expected not in lines[0] or "Traceback" in result.stderr:
+            failures.append(f"{args}: rc={result.returncode} stderr={result.stderr[-500:]!r}")
+    assert not failures, "\n".join(failures)
+    assert _tree_digest(tmp_path) == before
+    assert len(BAD_INVOCATIONS) >= 15
+
+
+def test_run_directories_are_numbered_and_never_reused(tmp_path: Path):
+    first = allocate_run_dir(tmp_path, "sd_ppo", "ALE/Pong-v5")
+    (tmp_path / "sd_ppo" / "Pong-v5_7").mkdir()  # unrelated name: ignored
+    second = allocate_run_dir(tmp_path, "sd_ppo", "ALE/Pong-v5")
+    assert (first.name, second.name) == ("ALE_Pong-v5_1", "ALE_Pong-v5_2")
+    first.rmdir()
+    assert allocate_run_dir(tmp_path, "sd_ppo", "ALE/Pong-v5").name == "ALE_Pong-v5_3"
