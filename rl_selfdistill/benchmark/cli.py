@@ -49,7 +49,12 @@ def _register_benchmark(subparsers: Any) -> None:
         "--workers", type=int, default=1, help="runs at a time (local pool size; size of a local Ray instance)"
     )
     parser.add_argument("--address", default=None, help="Ray cluster address (`auto` for a running one); default: start one")
-    parser.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray num_cpus per task")
+    parser.add_argument(
+        "--cpus-per-run",
+        type=float,
+        default=None,
+        help="Ray num_cpus per task (default 1) and torch threads per run (default: cores / workers locally)",
+    )
     parser.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray num_gpus per task")
     parser.add_argument("--device", default=None, help="torch device for every run (default: train's default)")
     parser.add_argument("--vec-env", default=None, help="env backend for every run: dummy | subproc | envpool")
@@ -121,8 +126,9 @@ def canonical_command(args: argparse.Namespace) -> str:
         "--wandb-mode": args.wandb_mode,
         "--benchmark-id": args.benchmark_id,
     }
+    optional["--cpus-per-run"] = args.cpus_per_run
     if args.backend == "ray":
-        optional.update({"--cpus-per-run": args.cpus_per_run, "--gpus-per-run": args.gpus_per_run or None})
+        optional["--gpus-per-run"] = args.gpus_per_run or None
     for flag, value in optional.items():
         if value is not None:
             words += [flag, str(value)]
@@ -137,31 +143,46 @@ def requested_manifest(args: argparse.Namespace) -> Manifest:
         raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    envs = resolve_envs(args.suite, args.envs, args.n_timesteps)
+    algos = list(dict.fromkeys(args.algos))
     return Manifest(
         benchmark_id=args.benchmark_id or grid.new_benchmark_id(args.suite),
         suite=args.suite,
-        envs=resolve_envs(args.suite, args.envs, args.n_timesteps),
-        algos=list(dict.fromkeys(args.algos)),
+        envs=envs,
+        algos=algos,
         seeds=list(range(args.first_seed, args.first_seed + args.seeds)),
         sd_params=parse_params(args.params),
         git_commit=grid.git_commit(),
         created_at=grid.utc_now(),
+        skipped=skipped_cells(algos, envs),
     )
+
+
+def skipped_cells(algos: list[str], envs: list[EnvBudget]) -> list[dict[str, str]]:
+    cells = []
+    for env in envs:
+        for algo in algos:
+            reason = grid.incompatibility(algo, env.env_id)
+            if reason:
+                cells.append({"algo": algo, "env_id": env.env_id, "reason": reason})
+    return cells
 
 
 def requested_specs(args: argparse.Namespace, manifest: Manifest) -> list[RunSpec]:
     """This invocation's cells (a subset of the manifest's grid when an earlier call asked for more)."""
-    budgets = {env.env_id: env.n_timesteps for env in manifest.envs}
-    env_ids = [env.env_id for env in resolve_envs(args.suite, args.envs, args.n_timesteps)]
+    env_ids = {env.env_id for env in resolve_envs(args.suite, args.envs, args.n_timesteps)}
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    return [RunSpec(algo, env_id, seed, budgets[env_id]) for env_id in env_ids for algo in args.algos for seed in seeds]
+    return [spec for spec in manifest.specs() if spec.env_id in env_ids and spec.algo in args.algos and spec.seed in seeds]
 
 
 def build_jobs(args: argparse.Namespace, manifest: Manifest, specs: list[RunSpec]) -> list[Any]:
     from rl_selfdistill.benchmark.runners import RunJob, threads_per_worker
 
     out = args.output.resolve()
-    threads = max(1, int(args.cpus_per_run)) if args.backend == "ray" else threads_per_worker(args.workers)
+    if args.cpus_per_run is not None:
+        threads = max(1, int(args.cpus_per_run))
+    else:
+        threads = 1 if args.backend == "ray" else threads_per_worker(args.workers)
     train_options = {
         "device": args.device,
         "vec_env": args.vec_env,
@@ -209,7 +230,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     _print_plan(manifest, todo, done, out)
     jobs = build_jobs(args, manifest, todo)
     if args.backend == "ray":
-        outcomes = runners.run_ray(jobs, args.address, args.workers, args.cpus_per_run, args.gpus_per_run)
+        outcomes = runners.run_ray(jobs, args.address, args.workers, args.cpus_per_run or 1.0, args.gpus_per_run)
     else:
         outcomes = runners.run_local(jobs, args.workers)
     failures = _report_outcomes(outcomes, len(jobs))
@@ -238,6 +259,8 @@ def _print_plan(manifest: Manifest, todo: list[RunSpec], done: list[RunSpec], ou
     )
     for spec in done:
         print(f"  skip    {spec.label}", flush=True)
+    for cell in manifest.skipped:
+        print(f"  not run {cell['algo']}/{cell['env_id']}: {cell['reason']}", flush=True)
 
 
 def _report_outcomes(outcomes: Any, total: int) -> int:

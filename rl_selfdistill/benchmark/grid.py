@@ -72,11 +72,36 @@ class Manifest:
     git_commit: str | None
     created_at: str
     invocations: list[dict[str, Any]] = field(default_factory=list)
+    # Cells that cannot run (e.g. DQN on a continuous action space): {"algo", "env_id", "reason"}.
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def specs(self) -> list[RunSpec]:
+        """Seed-major order: a benchmark stopped half-way still has every algo on its first seeds."""
+        excluded = {(cell["algo"], cell["env_id"]) for cell in self.skipped}
         return [
-            RunSpec(algo, env.env_id, seed, env.n_timesteps) for env in self.envs for algo in self.algos for seed in self.seeds
+            RunSpec(algo, env.env_id, seed, env.n_timesteps)
+            for seed in self.seeds
+            for env in self.envs
+            for algo in self.algos
+            if (algo, env.env_id) not in excluded
         ]
+
+
+def incompatibility(algo: str, env_id: str) -> str | None:
+    """Why `algo` cannot train on `env_id`, or None. Only DQN's discrete-action need is known up front."""
+    if BASE_ALGO.get(algo, algo) != "dqn":
+        return None
+    try:
+        import gymnasium
+
+        env = gymnasium.make(env_id)
+    except Exception:  # noqa: BLE001 - ids gymnasium cannot build (EnvPool-only, ...) are left to the run itself
+        return None
+    space = env.action_space
+    env.close()
+    if isinstance(space, gymnasium.spaces.Discrete):
+        return None
+    return f"{algo} needs a discrete action space, {env_id} has {type(space).__name__}"
 
 
 def run_dir_for(out: Path, algo: str, env_id: str, seed: int) -> Path:
@@ -229,6 +254,7 @@ def merge_manifest(existing: Manifest | None, requested: Manifest) -> Manifest:
         git_commit=existing.git_commit,
         created_at=existing.created_at,
         invocations=list(existing.invocations),
+        skipped=existing.skipped + [cell for cell in requested.skipped if cell not in existing.skipped],
     )
 
 
