@@ -159,3 +159,20 @@ def test_learning_curve_interpolates_onto_the_shared_horizon():
     assert list(curve.timesteps) == [100.0, 150.0, 200.0]
     # np.interp holds the first value before a run's first evaluation.
     assert curve.mean == pytest.approx([(1.0 + 2.0) / 2, (2.0 + 2.0) / 2, (3.0 + 2.0 + 2.0 * 50 / 150) / 2])
+
+
+def test_each_family_is_aggregated_over_the_envs_it_covers():
+    assert aggregate.comparison_groups({"sd_dqn", "ppo", "dqn", "sd_ppo"}) == [["dqn", "sd_dqn"], ["ppo", "sd_ppo"]]
+    results = [
+        aggregate.RunResult(algo, env, seed, None, "finished", score=100.0 + seed)
+        for algo in ("ppo", "sd_ppo", "dqn", "sd_dqn")
+        for env in ("EnvA-v0", "EnvB-v0")
+        for seed in range(2)
+        if not (algo.endswith("dqn") and env == "EnvB-v0")  # DQN cannot run on EnvB
+    ]
+    groups = aggregate.grouped_score_matrices(results, REFERENCES)
+    assert [(sorted(g.scores), g.envs) for g in groups] == [
+        (["dqn", "sd_dqn"], ["EnvA-v0"]),
+        (["ppo", "sd_ppo"], ["EnvA-v0", "EnvB-v0"]),
+    ]
+    assert groups[1].scores["ppo"] == pytest.approx(np.array([[0.5, 0.5], [0.505, 0.505]]))

@@ -155,9 +155,9 @@ def score_matrices(results: list[RunResult], references: dict[str, Reference]) -
     usable_envs = []
     for env in envs:
         if env not in references:
-            excluded.append((env, "no reference score to normalise by"))
+            excluded.append((f"{env} ({', '.join(algos)})", "no reference score to normalise by"))
         elif any(not [r for r in scored if r.algo == algo and r.env_id == env] for algo in algos):
-            excluded.append((env, "not every algo has a scored run on it"))
+            excluded.append((f"{env} ({', '.join(algos)})", "not every algo of this comparison has a scored run on it"))
         else:
             usable_envs.append(env)
     matrices = {}
@@ -167,6 +167,23 @@ def score_matrices(results: list[RunResult], references: dict[str, Reference]) -
         if matrix.size:
             matrices[algo] = matrix
     return ScoreMatrices(usable_envs, matrices, excluded)
+
+
+def comparison_groups(algos: set[str] | list[str]) -> list[list[str]]:
+    """Algos compared on a common set of envs: each SD algo with its base (ppo, sd_ppo), others alone.
+
+    PPO and DQN families may cover different envs (DQN cannot run on continuous actions), so
+    each family is aggregated over the envs it has in full rather than over the intersection.
+    """
+    groups: dict[str, list[str]] = {}
+    for algo in sorted(algos, key=lambda name: (BASE_ALGO.get(name, name), name in BASE_ALGO, name)):
+        groups.setdefault(BASE_ALGO.get(algo, algo), []).append(algo)
+    return list(groups.values())
+
+
+def grouped_score_matrices(results: list[RunResult], references: dict[str, Reference]) -> list[ScoreMatrices]:
+    groups = comparison_groups({r.algo for r in results})
+    return [score_matrices([r for r in results if r.algo in group], references) for group in groups]
 
 
 def _algo_matrix(

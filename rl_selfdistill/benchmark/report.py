@@ -41,10 +41,18 @@ class Analysis:
 
     results: list[RunResult]
     references: dict[str, Reference]
-    matrices: ScoreMatrices
+    groups: list[ScoreMatrices]
     estimates: dict[str, dict[str, dict[str, float]]]
     improvement: dict[str, dict[str, float]]
     env_rows: list[dict[str, Any]]
+
+    @property
+    def scores(self) -> dict[str, np.ndarray]:
+        return {algo: matrix for group in self.groups for algo, matrix in group.scores.items()}
+
+    @property
+    def excluded(self) -> list[tuple[str, str]]:
+        return [item for group in self.groups for item in group.excluded]
 
 
 def load_references(suite: str | None, env_ids: list[str]) -> dict[str, Reference]:
@@ -81,12 +89,13 @@ def analyse(out: Path, references: dict[str, Reference] | None = None, suite: st
         raise UsageError(f"{out} holds no benchmark runs; run `rl-selfdistill benchmark -o {out} ...` first")
     if references is None:
         references = load_references(suite or (manifest.suite if manifest else None), sorted({r.env_id for r in results}))
-    matrices = aggregate.score_matrices(results, references)
-    estimates = aggregate.interval_estimates(matrices.scores, reps=reps) if matrices.scores else {}
-    pairs = aggregate.improvement_pairs(sorted(matrices.scores))
-    improvement = aggregate.probability_of_improvement(matrices.scores, pairs, reps=reps)
+    groups = aggregate.grouped_score_matrices(results, references)
+    scores = {algo: matrix for group in groups for algo, matrix in group.scores.items()}
+    estimates = aggregate.interval_estimates(scores, reps=reps) if scores else {}
+    pairs = aggregate.improvement_pairs(sorted(scores))
+    improvement = aggregate.probability_of_improvement(scores, pairs, reps=reps)
     env_rows = aggregate.per_env_table(results, references)
-    return Analysis(results, references, matrices, estimates, improvement, env_rows)
+    return Analysis(results, references, groups, estimates, improvement, env_rows)
 
 
 def write_report(
@@ -115,7 +124,7 @@ def draw_figures(analysis: Analysis, folder: Path, reps: int) -> dict[str, Path]
     curves = _curves(analysis.results, reps=min(reps, 500))
     if curves:
         figures["learning_curves"] = plots.plot_learning_curves(curves, folder / "learning_curves.png")
-    scores = analysis.matrices.scores
+    scores = analysis.scores
     if analysis.estimates:
         figures["aggregate"] = plots.plot_aggregate_intervals(analysis.estimates, folder / "aggregate_intervals.png")
         taus = aggregate.profile_thresholds(scores)
@@ -149,14 +158,21 @@ def build_summary(
         "benchmark_id": manifest.benchmark_id if manifest else None,
         "suite": manifest.suite if manifest else None,
         "score_definition": SCORE_DEFINITION,
-        "envs_aggregated": analysis.matrices.envs,
-        "runs_per_algo": {algo: int(matrix.shape[0]) for algo, matrix in analysis.matrices.scores.items()},
+        "comparisons": [
+            {
+                "algos": sorted(group.scores),
+                "envs": group.envs,
+                "runs_per_env": {a: int(m.shape[0]) for a, m in group.scores.items()},
+            }
+            for group in analysis.groups
+        ],
         "aggregate": analysis.estimates,
         "probability_of_improvement": analysis.improvement,
         "per_env": analysis.env_rows,
         "references": {env: vars(ref) for env, ref in sorted(analysis.references.items())},
         "runs": [_run_entry(result, out) for result in analysis.results],
-        "excluded": [{"what": what, "reason": reason} for what, reason in analysis.matrices.excluded],
+        "excluded": [{"what": what, "reason": reason} for what, reason in analysis.excluded],
+        "not_run": manifest.skipped if manifest else [],
         "figures": {name: str(path.relative_to(out)) for name, path in figures.items()},
         "invocations": manifest.invocations if manifest else [],
         "report_command": command,
@@ -236,19 +252,22 @@ def _ci(value: dict[str, float]) -> str:
 def _md_aggregate(summary: dict[str, Any]) -> str:
     if not summary["aggregate"]:
         return "## Aggregate\n\nNo env has a scored run for every algo with a reference score: nothing to aggregate."
-    envs = ", ".join(summary["envs_aggregated"])
     lines = [
         "## Aggregate (normalised scores, 95% stratified-bootstrap CIs)",
         "",
-        f"Envs: {envs}.",
-        "",
-        "| algo | runs per env | " + " | ".join(METRIC_NAMES) + " |",
-        "|---|---|" + "---|" * len(METRIC_NAMES),
+        "| algo | envs | runs per env | " + " | ".join(METRIC_NAMES) + " |",
+        "|---|---|---|" + "---|" * len(METRIC_NAMES),
     ]
-    for algo, values in summary["aggregate"].items():
-        cells = " | ".join(_ci(values[name]) for name in METRIC_NAMES)
-        lines.append(f"| {algo} | {summary['runs_per_algo'][algo]} | {cells} |")
-    lines += ["", "Higher is better for all but the optimality gap (lower is better)."]
+    for comparison in summary["comparisons"]:
+        for algo in comparison["algos"]:
+            cells = " | ".join(_ci(summary["aggregate"][algo][name]) for name in METRIC_NAMES)
+            envs = ", ".join(comparison["envs"])
+            lines.append(f"| {algo} | {envs} | {comparison['runs_per_env'][algo]} | {cells} |")
+    lines += [
+        "",
+        "Higher is better for all but the optimality gap (lower is better). Each SD algo is aggregated with its base "
+        "over the envs where both have scored runs; PPO and DQN rows may cover different envs and are not comparable.",
+    ]
     return "\n".join(lines)
 
 
@@ -318,10 +337,11 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def _md_excluded(summary: dict[str, Any]) -> str:
-    if not summary["excluded"]:
-        return "## Left out of the aggregate\n\nNothing: every expected run was scored and aggregated."
     lines = ["## Left out of the aggregate", ""]
+    if not summary["excluded"]:
+        lines.append("Nothing: every expected run was scored and aggregated.")
     lines += [f"- `{item['what']}`: {item['reason']}" for item in summary["excluded"]]
+    lines += [f"- `{cell['algo']}/{cell['env_id']}`: not run, {cell['reason']}" for cell in summary["not_run"]]
     return "\n".join(lines)
 
 
