@@ -131,6 +131,22 @@ def test_envpool_vecenv_reports_episode_stats_to_sb3():
     assert len(rewards) == 4 and rewards == [float(n) for n in lengths] and max(lengths) < 50
 
 
+def test_video_recorder_works_on_atari(tmp_path):
+    pytest.importorskip("moviepy")
+    from stable_baselines3.common.vec_env import VecVideoRecorder
+
+    venv = make_vec_env("ALE/Pong-v5", n_envs=1, seed=0, render_mode="rgb_array")  # auto: not envpool
+    venv = VecVideoRecorder(venv, str(tmp_path), record_video_trigger=lambda step: step == 0, video_length=20)
+    try:
+        venv.reset()
+        for _ in range(25):
+            venv.step(np.zeros(1, dtype=np.int64))
+    finally:
+        venv.close()
+    videos = list(tmp_path.glob("*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 0
+
+
 # --- user errors: one line, naming the problem and the fix ---------------------------------------------------
 def _one_line_error(**kwargs) -> str:
     with pytest.raises(UsageError) as err:
@@ -158,6 +174,7 @@ def test_unavailable_backend_names_the_backends_that_have_it():
     ({"env_id": "ALE/Pong-v5", "wrapper_kwargs": {"noop": 3}}, "unknown Atari wrapper option"),
     ({"env_id": "ALE/Pong-v5", "backend": "envpool", "wrapper_kwargs": {"noop_max": 0}}, "noop_max=0"),
     ({"env_id": "CartPole-v1", "backend": "dummy", "env_kwargs": {"bogus": 1}}, "bad env_kwargs"),
+    ({"env_id": "CartPole-v1", "backend": "envpool", "render_mode": "rgb_array"}, "render_mode is not supported"),
     ({"env_id": "CartPole-v1", "backend": "envpool", "env_kwargs": {"bogus": 1}}, "bad env_kwargs"),
 ])
 def test_bad_arguments_give_one_line_errors(kwargs, fragment):

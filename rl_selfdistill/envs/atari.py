@@ -127,9 +127,9 @@ def _needs_fire(env: gym.Env) -> bool:
     return len(meanings) >= 3 and meanings[1] == "FIRE"
 
 
-def atari_gym_env_fn(game: str, settings: AtariSettings) -> Callable[[], gym.Env]:
+def atari_gym_env_fn(game: str, settings: AtariSettings, render_mode: str | None = None) -> Callable[[], gym.Env]:
     """A picklable factory for SubprocVecEnv."""
-    return lambda: make_atari_gym_env(game, settings)
+    return lambda: make_atari_gym_env(game, settings, render_mode)
 
 
 def envpool_atari_kwargs(settings: AtariSettings) -> dict[str, Any]:

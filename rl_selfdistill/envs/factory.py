@@ -26,6 +26,7 @@ def make_vec_env(
     env_kwargs: dict[str, Any] | None = None,
     frame_stack: int | None = None,
     wrapper_kwargs: dict[str, Any] | None = None,
+    render_mode: str | None = None,
 ) -> VecEnv:
     """Build `n_envs` copies of `env_id` as an SB3 VecEnv.
 
@@ -37,11 +38,14 @@ def make_vec_env(
     env_kwargs: passed to gymnasium.make / envpool.make (e.g. {"ctrl_cost_weight": 0.1}).
     frame_stack: stacked observations (Atari default 4, channel first; others default none).
     wrapper_kwargs: Atari preprocessing options, the fields of AtariSettings (e.g. {"clip_reward": False}).
+    render_mode: e.g. "rgb_array" for SB3's VecVideoRecorder (dummy and subproc backends).
     Atari observations are (frame_stack, 84, 84) uint8.
     """
     entry = resolve(env_id)
     _check_common(n_envs, seed, max_episode_steps, env_kwargs, frame_stack)
-    backend = choose_backend(entry, backend, n_envs)
+    backend = choose_backend(entry, backend, n_envs, allow_envpool=render_mode is None)
+    if render_mode is not None and backend == "envpool":
+        raise UsageError("render_mode is not supported by the envpool backend; use backend 'dummy' to record videos")
     if seed is None:
         seed = int(np.random.randint(0, 2**31 - 1 - n_envs))
     if entry.family == "atari":
@@ -49,10 +53,13 @@ def make_vec_env(
         if env_kwargs:
             raise UsageError(f"env_kwargs are not supported for Atari ids; use wrapper_kwargs with: "
                              f"{', '.join(AtariSettings.__dataclass_fields__)}")
-        return _make_atari(entry, n_envs, backend, seed, settings)
+        return _make_atari(entry, n_envs, backend, seed, settings, render_mode)
     if wrapper_kwargs:
         raise UsageError(f"wrapper_kwargs are Atari options, but {env_id!r} is not an Atari env; remove them")
-    venv = _make_plain(entry, n_envs, backend, seed, max_episode_steps, dict(env_kwargs or {}))
+    kwargs = dict(env_kwargs or {})
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    venv = _make_plain(entry, n_envs, backend, seed, max_episode_steps, kwargs)
     return VecFrameStack(venv, frame_stack) if frame_stack and frame_stack > 1 else venv
 
 
@@ -71,14 +78,15 @@ def _check_common(n_envs: int, seed: int | None, max_episode_steps: int | None,
 
 
 # --- Atari ------------------------------------------------------------------------------------------------
-def _make_atari(entry: EnvEntry, n_envs: int, backend: str, seed: int, settings: AtariSettings) -> VecEnv:
+def _make_atari(entry: EnvEntry, n_envs: int, backend: str, seed: int, settings: AtariSettings,
+                render_mode: str | None) -> VecEnv:
     assert entry.game is not None
     if backend == "envpool":
         if settings.noop_max == 0:  # EnvPool 1.2.5 segfaults on reset with noop_max=0
             raise UsageError("noop_max=0 is not supported by the envpool backend; use noop_max >= 1 or backend 'dummy'")
         kwargs = envpool_atari_kwargs(settings)
         return EnvPoolVecEnv(_pool_factory(entry, n_envs, kwargs), n_envs, seed, atari=True)
-    venv = _sb3_vec_env([atari_gym_env_fn(entry.game, settings)] * n_envs, backend, seed)
+    venv = _sb3_vec_env([atari_gym_env_fn(entry.game, settings, render_mode)] * n_envs, backend, seed)
     # Transpose the single frame first (cheap), then stack along the channel axis: (stack, 84, 84)
     venv = VecTransposeImage(venv)
     return VecFrameStack(venv, settings.frame_stack, channels_order="first") if settings.frame_stack > 1 else venv

@@ -108,16 +108,17 @@ def available_backends(entry: EnvEntry) -> list[str]:
     return ["dummy", "subproc"] + (["envpool"] if entry.envpool_id is not None else [])
 
 
-def choose_backend(entry: EnvEntry, backend: str, n_envs: int) -> str:
+def choose_backend(entry: EnvEntry, backend: str, n_envs: int, allow_envpool: bool = True) -> str:
     """Validate `backend` and turn "auto" into a concrete one.
 
-    auto: EnvPool where it has the env (C++ threads, no Python per step); else subprocesses when there
-    are several envs to overlap; else a plain loop, which is fastest for one env (no IPC).
+    auto: EnvPool where it has the env (C++ threads, no Python per step) unless `allow_envpool` is False
+    (rendering); else subprocesses when there are several envs to overlap; else a plain loop, which is
+    fastest for one env (no IPC).
     """
     if backend not in (*BACKENDS, "auto"):
         raise UsageError(f"unknown backend {backend!r}; use one of: auto, {', '.join(BACKENDS)}")
     if backend == "auto":
-        if entry.envpool_id is not None:
+        if entry.envpool_id is not None and allow_envpool:
             return "envpool"
         return "subproc" if n_envs > 1 else "dummy"
     if backend not in available_backends(entry):
