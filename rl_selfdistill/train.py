@@ -236,7 +236,7 @@ def build_envs(config: dict[str, Any], *, seed: int, vecnormalize_path: Path | N
         else:
             env = VecNormalize(env, **kwargs)
         # Evaluation reports raw returns: statistics are synced from training, never updated here.
-        eval_env = VecNormalize(eval_env, training=False, norm_reward=False, **{**kwargs, "norm_reward": False})
+        eval_env = VecNormalize(eval_env, **{**kwargs, "training": False, "norm_reward": False})
     return env, eval_env
 
 
@@ -478,6 +478,7 @@ def load_checkpoint(checkpoint: Path, config: dict[str, Any], *, device: str | N
         config, seed=config["seed"] + steps, vecnormalize_path=vecnormalize if vecnormalize.exists() else None
     )
     device = device or config["options"]["device"]
+    _configure_threads(config)
     model = algo_class(config["algo"]).load(checkpoint / "model.zip", env=env, device=device)
     if (checkpoint / "replay_buffer.pkl").exists():
         model.load_replay_buffer(checkpoint / "replay_buffer.pkl")
@@ -617,7 +618,15 @@ class _Session:
         self.update_state()
 
 
+def _configure_threads(config: dict[str, Any]) -> None:
+    from rl_selfdistill.envs import configure_torch_threads
+
+    # Leaves cores to env workers (subproc/envpool); OMP_NUM_THREADS or RL_SELFDISTILL_TORCH_THREADS win.
+    configure_torch_threads(config["hyperparams"]["n_envs"], config["options"]["vec_env"])
+
+
 def _build_model(config: dict[str, Any], env: Any) -> Any:
+    _configure_threads(config)
     hyperparams = config["hyperparams"]
     kwargs = cfg.model_kwargs(hyperparams)
     return algo_class(config["algo"])(

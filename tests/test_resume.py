@@ -1,0 +1,306 @@
+"""Checkpoints and --resume: exact state restore, schedules that continue, determinism, and SIGKILL at random moments."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import cli_command
+from stable_baselines3.common.callbacks import BaseCallback
+
+from rl_selfdistill.train import (
+    CHECKPOINT_SLEEP_ENV,
+    TrainRequest,
+    list_checkpoints,
+    load_checkpoint,
+    read_config,
+    resume_training,
+    run_training,
+)
+
+CHECKPOINT_STEP = 512
+SMALL_NET = {"net_arch": [32, 32]}
+HYPERPARAMS = {
+    # VecNormalize on, so that its statistics are part of what must come back.
+    "sd_ppo": {
+        "n_steps": 64,
+        "batch_size": 64,
+        "n_epochs": 2,
+        "teacher_update_interval": 256,
+        "normalize": True,
+        "policy_kwargs": SMALL_NET,
+    },
+    "sd_dqn": {
+        "learning_starts": 200,
+        "train_freq": 16,
+        "gradient_steps": 4,
+        "batch_size": 32,
+        "buffer_size": 4000,
+        "target_update_interval": 100,
+        "teacher_update_interval": 256,
+        "exploration_fraction": 0.5,
+        "learning_rate": "lin_1e-3",
+        "policy_kwargs": SMALL_NET,
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tiny networks: extra threads only add contention on a shared machine (configure_torch_threads honours this).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def _request(algo: str, run_dir: Path) -> TrainRequest:
+    return TrainRequest(
+        algo=algo,
+        env_id="CartPole-v1",
+        n_timesteps=1536,
+        seed=7,
+        vec_env="dummy",
+        n_envs=2 if algo == "sd_ppo" else 1,
+        eval_freq=0,
+        save_freq=CHECKPOINT_STEP,
+        keep_checkpoints=10,
+        hyperparams=HYPERPARAMS[algo],
+        wandb_mode="disabled",
+        progress=False,
+        verbose=0,
+        run_dir=run_dir,
+    )
+
+
+def capture(model: Any) -> dict[str, Any]:
+    """Everything a resumed run must get back, copied."""
+    state: dict[str, Any] = {
+        "num_timesteps": model.num_timesteps,
+        "n_updates": model._n_updates,
+        "policy": copy.deepcopy(model.policy.state_dict()),
+        "optimizer": copy.deepcopy(model.policy.optimizer.state_dict()),
+        "teacher": copy.deepcopy(model.teacher_networks.state_dict()),
+        "teacher_refreshes": (model.distiller.teacher.n_updates, model.distiller.teacher.last_update_step),
+        "python_rng": random.getstate(),
+        "numpy_rng": np.random.get_state(),
+        "torch_rng": torch.get_rng_state().clone(),
+        "action_space_rng": copy.deepcopy(model.action_space.np_random.bit_generator.state),
+    }
+    vecnormalize = model.get_vec_normalize_env()
+    if vecnormalize is not None:
+        state["vecnormalize"] = copy.deepcopy((vecnormalize.obs_rms.__dict__, vecnormalize.ret_rms.__dict__))
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is not None:
+        state["replay_buffer"] = copy.deepcopy(
+            (
+                buffer.observations,
+                buffer.actions,
+                buffer.rewards,
+                buffer.dones,
+                buffer.next_observations,
+                buffer.pos,
+                buffer.full,
+            )
+        )
+        state["exploration"] = (model.exploration_rate, model._n_calls)
+    return state
+
+
+def assert_same(expected: Any, actual: Any, where: str = "") -> None:
+    if isinstance(expected, dict):
+        assert set(expected) == set(actual), where
+        for key in expected:
+            assert_same(expected[key], actual[key], f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(expected) == len(actual), where
+        for index, (left, right) in enumerate(zip(expected, actual)):
+            assert_same(left, right, f"{where}[{index}]")
+    elif isinstance(expected, torch.Tensor):
+        assert torch.equal(expected, actual), where
+    elif isinstance(expected, np.ndarray):
+        assert np.array_equal(expected, actual), where
+    else:
+        assert expected == actual, where
+
+
+class StateAt(BaseCallback):
+    """Copies the model's state at the rollout start where the checkpoint of `step` is written."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step, self.state = step, None
+
+    def _on_rollout_start(self) -> None:
+        if self.model.num_timesteps == self.step:
+            self.state = capture(self.model)
+
+    def _on_step(self) -> bool:
+        return True
+
+
+class ScheduleRecorder(BaseCallback):
+    """Per env step: the learning rate in the optimizer, the clip range / exploration rate, the distill coefficient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[int, tuple[float, ...]] = {}
+
+    def _on_step(self) -> bool:
+        model, progress = self.model, self.model._current_progress_remaining
+        extra = model.clip_range(progress) if hasattr(model, "clip_range") else model.exploration_rate
+        coef = model.distiller.coefficient.value(progress)
+        self.values[model.num_timesteps] = (model.policy.optimizer.param_groups[0]["lr"], extra, coef)
+        return True
+
+
+def _interrupted_copy(run_dir: Path, target: Path, step: int) -> Path:
+    """The run as a crash right after the checkpoint of `step` would have left it."""
+    shutil.copytree(run_dir, target)
+    for checkpoint in list_checkpoints(target):
+        if int(checkpoint.name.split("_")[1]) > step:
+            shutil.rmtree(checkpoint)
+    state = json.loads((target / "run.json").read_text())
+    state.update(status="running", finished_at=None)
+    (target / "run.json").write_text(json.dumps(state))
+    (target / "model.zip").unlink()
+    return target
+
+
+def _final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
+    from rl_selfdistill.train import algo_class
+
+    config = read_config(run_dir)
+    return algo_class(config["algo"]).load(run_dir / "model.zip", device="cpu").policy.state_dict()
+
+
+@pytest.mark.parametrize("algo", ["sd_ppo", "sd_dqn"])
+def test_resume_is_exact(algo: str, tmp_path: Path, isolated_home: Path):
+    at_checkpoint, uninterrupted = StateAt(CHECKPOINT_STEP), ScheduleRecorder()
+    run_dir = run_training(_request(algo, tmp_path / "run"), callbacks=[at_checkpoint, uninterrupted])
+    assert at_checkpoint.state is not None and at_checkpoint.state["teacher_refreshes"][0] >= 1
+    checkpoint = next(path for path in list_checkpoints(run_dir) if path.name.endswith(f"_{CHECKPOINT_STEP:012d}"))
+
+    # Right after the restore: model, teacher, optimizer, VecNormalize, replay buffer and RNG states as saved.
+    model, _eval_env, meta = load_checkpoint(checkpoint, read_config(run_dir), device="cpu")
+    assert meta["num_timesteps"] == CHECKPOINT_STEP
+    assert_same(at_checkpoint.state, capture(model))
+    model.env.close()
+
+    finals = []
+    for attempt in range(2):
+        resumed = ScheduleRecorder()
+        copy_dir = _interrupted_copy(run_dir, tmp_path / f"resumed{attempt}", CHECKPOINT_STEP)
+        resume_training(copy_dir, callbacks=[resumed])
+        assert json.loads((copy_dir / "run.json").read_text())["num_timesteps_done"] == 1536
+        # Learning rate, clip range / exploration and distillation coefficient follow the uninterrupted run's schedule.
+        assert min(resumed.values) > CHECKPOINT_STEP and max(resumed.values) == 1536
+        assert {step: uninterrupted.values[step] for step in resumed.values} == resumed.values
+        finals.append(_final_parameters(copy_dir))
+        steps = _progress_steps(copy_dir)
+        assert steps == sorted(set(steps)), "progress.csv continues without duplicated or reordered rows"
+    assert_same(finals[0], finals[1], "final parameters of two resumes from the same checkpoint")
+
+
+def _progress_steps(run_dir: Path) -> list[int]:
+    lines = (run_dir / "progress.csv").read_text().splitlines()
+    column = lines[0].split(",").index("time/total_timesteps")
+    return [int(float(line.split(",")[column])) for line in lines[1:]]
+
+
+def _start(run_dir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
+    args = (
+        ["train", "--resume", str(run_dir)]
+        if extra == ("resume",)
+        else [
+            "train",
+            "--algo",
+            "sd_ppo",
+            "--env",
+            "CartPole-v1",
+            "-n",
+            "3072",
+            "--n-envs",
+            "2",
+            "--vec-env",
+            "dummy",
+            "--seed",
+            "1",
+            "--save-freq",
+            "256",
+            "--keep-checkpoints",
+            "2",
+            "--eval-freq",
+            "1024",
+            "--eval-episodes",
+            "2",
+            "--wandb-mode",
+            "disabled",
+            "--verbose",
+            "0",
+            "--run-dir",
+            str(run_dir),
+            "-params",
+            "n_steps:64",
+            "batch_size:64",
+            "n_epochs:1",
+            "teacher_update_interval:256",
+            "policy_kwargs:{net_arch: [16]}",
+        ]
+    )
+    return subprocess.Popen([*cli_command(), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_during_checkpoint_write(process: subprocess.Popen, run_dir: Path, after_step: int, timeout: float = 240) -> int:
+    """SIGKILL while a checkpoint past `after_step` sits in its temp folder; returns that checkpoint's step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for temp in (run_dir / "checkpoints").glob(".tmp-ckpt_*") if (run_dir / "checkpoints").exists() else ():
+            step = int(temp.name.split("_")[1].split("-")[0])
+            if step > after_step:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return step
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint write was observed")
+
+
+def test_sigkill_at_random_moments_is_always_resumable(tmp_path: Path, isolated_home: Path):
+    run_dir = tmp_path / "run"
+    rng = random.Random()
+    # The sleep holds each checkpoint between its temp write and its rename, so a kill can land inside one.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", CHECKPOINT_SLEEP_ENV: "1.0"}
+
+    killed_step = _kill_during_checkpoint_write(_start(run_dir, env), run_dir, after_step=0)
+    assert all(int(path.name.split("_")[1]) < killed_step for path in list_checkpoints(run_dir))
+
+    for _ in range(2):  # resumed runs killed again at random moments (startup, training, logging, checkpointing)
+        process = _start(run_dir, env, "resume")
+        time.sleep(rng.uniform(1.0, 12.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    process = _start(run_dir, env, "resume")
+    killed_step = _kill_during_checkpoint_write(
+        process, run_dir, after_step=max((int(path.name.split("_")[1]) for path in list_checkpoints(run_dir)), default=0)
+    )
+
+    final = _start(run_dir, {**env, CHECKPOINT_SLEEP_ENV: "0"}, "resume")
+    _, stderr = final.communicate(timeout=400)
+    assert final.returncode == 0, stderr[-3000:]
+    state = json.loads((run_dir / "run.json").read_text())
+    assert state["status"] == "finished" and state["num_timesteps_done"] == 3072
+    assert (run_dir / "model.zip").is_file() and not list((run_dir / "checkpoints").glob(".tmp-*"))
+    assert len(list_checkpoints(run_dir)) <= 2
+    steps = _progress_steps(run_dir)
+    assert steps == sorted(set(steps)) and steps[-1] == 3072
+    assert killed_step > 0
