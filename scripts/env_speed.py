@@ -15,6 +15,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+import torch
+
 from rl_selfdistill.envs import speed
 
 
@@ -53,6 +55,8 @@ def raw(args: argparse.Namespace) -> None:
 
 
 def collect(args: argparse.Namespace) -> None:
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     runs = {b: (lambda b=b: speed.collection_fps(args.env_id, b, args.n_envs, args.steps, ppo_kwargs=_ppo_kwargs(args.env_id)))
             for b in args.backends}
     _interleaved(f"collect {args.env_id} x{args.n_envs}", runs, args.repeats)

@@ -92,6 +92,30 @@ def test_classic_termination_is_not_truncation(backend):
 
 
 @pytest.mark.parametrize("backend", ["dummy", "envpool"])
+def test_env_i_is_seeded_with_seed_plus_i_and_unaffected_by_other_envs_resets(backend):
+    """Env 1 of a 2-env VecEnv (seed 0) replays a 1-env VecEnv with seed 1, although env 0 ends at other times.
+
+    This checks that restarting finished envs (EnvPool's extra step on a subset) leaves the others untouched.
+    """
+    actions = np.random.default_rng(0).integers(0, 2, size=(300, 2))
+    pair = make_vec_env("CartPole-v1", n_envs=2, backend=backend, seed=0)
+    single = make_vec_env("CartPole-v1", n_envs=1, backend=backend, seed=1)
+    try:
+        np.testing.assert_array_equal(pair.reset()[1], single.reset()[0])
+        dones_0 = 0
+        for action in actions:
+            obs_pair, _, done_pair, _ = pair.step(action)
+            obs_single, _, done_single, _ = single.step(action[1:])
+            dones_0 += done_pair[0]
+            np.testing.assert_array_equal(obs_pair[1], obs_single[0])
+            assert done_pair[1] == done_single[0]
+    finally:
+        pair.close()
+        single.close()
+    assert dones_0 >= 5
+
+
+@pytest.mark.parametrize("backend", ["dummy", "envpool"])
 def test_vecnormalize_statistics_round_trip(backend, tmp_path):
     venv = VecNormalize(make_vec_env("HalfCheetah-v5", n_envs=2, backend=backend, seed=0))
     venv.reset()

@@ -118,8 +118,8 @@ class EnvPoolVecEnv(VecEnv):
 
     def seed(self, seed: int | None = None) -> Sequence[int | None]:
         """Reseed at the next reset (EnvPool only takes seeds at construction, so the pool is rebuilt)."""
-        if seed is None:
-            seed = int(np.random.randint(0, np.iinfo(np.uint32).max - self.num_envs, dtype=np.uint32))
+        if seed is None:  # SB3's VecEnv.seed(None) draws one too; from a fresh generator, not numpy's global one
+            seed = int(np.random.default_rng().integers(0, 2**31 - 1 - self.num_envs))
         self._pending_seed = int(seed)
         self._seeds = [seed + i for i in range(self.num_envs)]
         return self._seeds

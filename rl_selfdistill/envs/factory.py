@@ -46,8 +46,8 @@ def make_vec_env(
     backend = choose_backend(entry, backend, n_envs, allow_envpool=render_mode is None)
     if render_mode is not None and backend == "envpool":
         raise UsageError("render_mode is not supported by the envpool backend; use backend 'dummy' to record videos")
-    if seed is None:
-        seed = int(np.random.randint(0, 2**31 - 1 - n_envs))
+    if seed is None:  # a fresh generator: drawing a seed must not shift numpy's global random state
+        seed = int(np.random.default_rng().integers(0, 2**31 - 1 - n_envs))
     if entry.family == "atari":
         settings = atari_settings(wrapper_kwargs, frame_stack, max_episode_steps)
         if env_kwargs:
