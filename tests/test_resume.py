@@ -302,5 +302,7 @@ def test_sigkill_at_random_moments_is_always_resumable(tmp_path: Path, isolated_
     assert (run_dir / "model.zip").is_file() and not list((run_dir / "checkpoints").glob(".tmp-*"))
     assert len(list_checkpoints(run_dir)) <= 2
     steps = _progress_steps(run_dir)
-    assert steps == sorted(set(steps)) and steps[-1] == 3072
+    # Non-decreasing: rows logged after a checkpoint by a killed process were dropped on resume, not duplicated.
+    # (Equal neighbours are fine: an evaluation dumps its own row at a rollout's step.)
+    assert steps == sorted(steps) and steps[-1] == 3072
     assert killed_step > 0
