@@ -201,6 +201,19 @@ def test_same_seed_same_trajectory(backend):
     np.testing.assert_array_equal(runs[0]["rewards"], runs[1]["rewards"])
 
 
+@pytest.mark.parametrize("backend", ["dummy", "envpool"])
+def test_noframeskip_v4_id_is_the_same_game_and_settings(backend):
+    actions = np.random.default_rng(0).integers(0, 6, size=(60, 1))
+    records = []
+    for env_id in ("ALE/Pong-v5", "PongNoFrameskip-v4"):
+        venv = make_vec_env(env_id, n_envs=1, backend=backend, seed=2)
+        try:
+            records.append(rollout(venv, actions))
+        finally:
+            venv.close()
+    np.testing.assert_array_equal(records[0]["obs"], records[1]["obs"])
+
+
 def test_envpool_reseed_rebuilds_the_pool():
     """SB3 calls env.seed(seed) when a model gets a seed; EnvPool only takes seeds at construction."""
     actions = np.random.default_rng(0).integers(0, 4, size=(40, 1))
