@@ -22,8 +22,10 @@ the ALE, sticky actions 0.25) are overridden to frameskip=1 and the settings abo
 
 Known, documented differences between the SB3 wrappers and EnvPool (both implement the same recipe):
 SB3's fire reset is two agent steps (FIRE, then action 2) and a lost life first costs one no-op agent step,
-whereas EnvPool presses FIRE for one raw frame after its random no-ops; EnvPool keeps the frame stack across a
-lost life while SB3's VecFrameStack zero-fills it; the no-op counts come from different random generators.
+and these count towards the time limit and the Monitor's episode length; EnvPool does its no-ops and FIRE as raw
+frames inside its reset, outside the step count. EnvPool keeps the frame stack across a lost life while SB3's
+VecFrameStack zero-fills it. The no-op counts come from different random generators. EnvPool ships its own ALE
+build, so a frame can differ now and then.
 With noop_max=1, fire_reset=False and terminal_on_life_loss=False both give the same frames and scores for
 the same actions (tested in tests/test_envs_atari.py).
 """
