@@ -283,3 +283,39 @@ def test_run_directories_are_numbered_and_never_reused(tmp_path: Path):
     assert (first.name, second.name) == ("ALE_Pong-v5_1", "ALE_Pong-v5_2")
     first.rmdir()
     assert allocate_run_dir(tmp_path, "sd_ppo", "ALE/Pong-v5").name == "ALE_Pong-v5_3"
+
+
+def _stderr_on_a_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """Run the CLI with stderr on a pseudo-terminal (an interactive session), return what it showed there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    # A fresh pty is 0 columns wide; a real terminal has a size (tqdm fits its bar to it).
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    process = subprocess.Popen([*cli_command(), *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert process.wait(timeout=300) == 0
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_only_on_a_terminal_and_not_with_no_progress(cartpole_run, isolated_home: Path, tmp_path: Path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    args = ["train", "--algo", "ppo", "--env", "CartPole-v1", "-n", "256", "--n-envs", "2", "--eval-freq", "0", *TINY_PPO]
+    shown = _stderr_on_a_terminal([*args, "--run-dir", "a"], tmp_path, env)
+    assert re.search(r"256/256 .*step/s.*fps=\d+", shown), shown[-2000:]
+    hidden = _stderr_on_a_terminal([*args, "--run-dir", "b", "--no-progress"], tmp_path, env)
+    assert "step/s" not in hidden and "fps=" not in hidden
+    assert "step/s" not in cartpole_run[1].stderr  # stderr captured by a pipe: no bar either
