@@ -317,6 +317,15 @@ def read_wandb_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def read_wandb_run(path: Path) -> dict[str, Any]:
+    """Identity of the run stored under `path`: id, project, group, tags (from its first run record)."""
+    records = _records(path, "run")
+    if not records:
+        raise ValueError(f"no W&B run record under {path}")
+    run = records[0]
+    return {"id": run.run_id, "project": run.project, "group": run.run_group, "tags": list(run.tags)}
+
+
 def read_wandb_history(path: Path) -> list[dict[str, Any]]:
     """History rows (dicts of logged values) of every `run-*.wandb` file under `path`, in file order.
 

@@ -44,6 +44,8 @@ CHECKPOINT_PREFIX = "ckpt_"
 CHECKPOINT_SLEEP_ENV = "RL_SELFDISTILL_CHECKPOINT_SLEEP_S"
 # Offset between the training and evaluation env seeds, so the two never replay the same episodes.
 EVAL_SEED_OFFSET = 10_000
+# numpy seeds must stay below 2**32 after the eval offset and the per-env / resume offsets are added.
+MAX_SEED = 2**31
 
 
 @dataclass
@@ -100,6 +102,8 @@ def _check_request(request: TrainRequest) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise UsageError(f"{option} must be an integer >= {minimum}, got {value!r}")
+    if request.seed is not None and request.seed >= MAX_SEED:
+        raise UsageError(f"--seed must be below {MAX_SEED}, got {request.seed}")
     if request.wandb_mode not in cfg.WANDB_MODES:
         raise UsageError(f"unknown --wandb-mode {request.wandb_mode!r}; choose one of {', '.join(cfg.WANDB_MODES)}")
     if request.vec_env not in VEC_ENV_BACKENDS:
@@ -128,7 +132,7 @@ def resolve_config(request: TrainRequest) -> dict[str, Any]:
         hyperparams["n_timesteps"] = request.n_timesteps
     if request.n_envs is not None:
         hyperparams["n_envs"] = request.n_envs
-    seed = request.seed if request.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    seed = request.seed if request.seed is not None else int(np.random.SeedSequence().entropy % MAX_SEED)
     options = {
         name: (str(value) if isinstance(value, Path) else value)
         for name, value in dataclasses.asdict(request).items()
@@ -334,10 +338,14 @@ def read_run_state(run_dir: Path) -> dict[str, Any]:
     return state
 
 
-def write_run_state(run_dir: Path, state: dict[str, Any]) -> None:
+def _atomic_write(path: Path, text: str) -> None:
     from rl_selfdistill.tracking import atomic_write_text  # imports SB3: kept out of the fast error path
 
-    atomic_write_text(Path(run_dir) / RUN_STATE_FILE, json.dumps(state, indent=2) + "\n")
+    atomic_write_text(path, text)
+
+
+def write_run_state(run_dir: Path, state: dict[str, Any]) -> None:
+    _atomic_write(Path(run_dir) / RUN_STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 def initial_run_state(config: dict[str, Any]) -> dict[str, Any]:
@@ -351,8 +359,8 @@ def initial_run_state(config: dict[str, Any]) -> dict[str, Any]:
         "wall_clock_s": 0.0,
         "started_at": _now(),
         "finished_at": None,
-        "git_commit": config["git_commit"],
-        "versions": config["versions"],
+        "git_commit": config.get("git_commit"),
+        "versions": config.get("versions", {}),
         "wandb_run_id": None,
     }
 
@@ -657,7 +665,7 @@ def run_training(request: TrainRequest, *, callbacks: list[Any] | None = None) -
         if request.run_dir
         else allocate_run_dir(request.log_folder, request.algo, request.env_id)
     )
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    _atomic_write(run_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
     (run_dir / "command.txt").write_text((request.command or _command_line()) + "\n")
     (run_dir / "eval.csv").write_text("timesteps,mean_reward,std_reward,mean_ep_length,n_episodes\n")
     session = _Session(config, run_dir, model, eval_env, initial_run_state(config), extra_callbacks=list(callbacks or []))
@@ -678,7 +686,8 @@ def resume_training(run_dir: Path, *, callbacks: list[Any] | None = None, extra_
     if not run_dir.is_dir():
         raise UsageError(f"--resume {str(run_dir)!r}: no such run directory; pass a folder like logs/sd_ppo/CartPole-v1_1")
     config = read_config(run_dir)
-    state = read_run_state(run_dir)
+    # A run killed between writing config.yaml and run.json has no state yet: it starts over.
+    state = read_run_state(run_dir) if (run_dir / RUN_STATE_FILE).exists() else initial_run_state(config)
     if state["status"] == "finished":
         raise UsageError(f"run {str(run_dir)!r} already finished its budget; start a new run instead of --resume")
     _check_device(config["options"]["device"])

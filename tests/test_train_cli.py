@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import cli_command
 
-from rl_selfdistill.tracking import read_wandb_config, read_wandb_history
+from rl_selfdistill.tracking import read_wandb_config, read_wandb_history, read_wandb_run
 from rl_selfdistill.train import allocate_run_dir, list_checkpoints
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -97,6 +97,9 @@ def test_offline_wandb_run_holds_every_logged_key(cartpole_run):
     kl_steps = [row["global_step"] for row in history if "distill/kl" in row]
     assert kl_steps and max(kl_steps) <= 4096 and max(row["global_step"] for row in history) == 4096
     assert max(row.get("distill/teacher_updates", 0) for row in history) >= 1
+    run = read_wandb_run(run_dir / "wandb")
+    assert run["group"] == "sd_ppo_CartPole-v1" and {"sd_ppo", "CartPole-v1"} <= set(run["tags"])  # seeds share a group
+    assert run["id"] == json.loads((run_dir / "run.json").read_text())["wandb_run_id"]
     config = read_wandb_config(run_dir / "wandb")
     assert config["hyperparams"]["teacher_update_interval"] == 1024
     assert "git_commit" in config and config["versions"]["torch"]
