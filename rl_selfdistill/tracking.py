@@ -326,6 +326,14 @@ def read_wandb_run(path: Path) -> dict[str, Any]:
     return {"id": run.run_id, "project": run.project, "group": run.run_group, "tags": list(run.tags)}
 
 
+def read_wandb_artifacts(path: Path) -> list[dict[str, Any]]:
+    """Artifacts logged by the run(s) under `path`: name, type and the files they hold."""
+    return [
+        {"name": artifact.name, "type": artifact.type, "files": [entry.path for entry in artifact.manifest.contents]}
+        for artifact in _records(path, "artifact")
+    ]
+
+
 def read_wandb_history(path: Path) -> list[dict[str, Any]]:
     """History rows (dicts of logged values) of every `run-*.wandb` file under `path`, in file order.
 

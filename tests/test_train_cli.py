@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import cli_command
 
-from rl_selfdistill.tracking import read_wandb_config, read_wandb_history, read_wandb_run
+from rl_selfdistill.tracking import read_wandb_artifacts, read_wandb_config, read_wandb_history, read_wandb_run
 from rl_selfdistill.train import allocate_run_dir, list_checkpoints
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -100,6 +100,8 @@ def test_offline_wandb_run_holds_every_logged_key(cartpole_run):
     run = read_wandb_run(run_dir / "wandb")
     assert run["group"] == "sd_ppo_CartPole-v1" and {"sd_ppo", "CartPole-v1"} <= set(run["tags"])  # seeds share a group
     assert run["id"] == json.loads((run_dir / "run.json").read_text())["wandb_run_id"]
+    artifacts = read_wandb_artifacts(run_dir / "wandb")
+    assert [(item["type"], item["files"]) for item in artifacts] == [("model", ["model.zip"])]
     config = read_wandb_config(run_dir / "wandb")
     assert config["hyperparams"]["teacher_update_interval"] == 1024
     assert "git_commit" in config and config["versions"]["torch"]
@@ -168,6 +170,7 @@ def test_unreachable_wandb_server_falls_back_to_offline_once(run_cli: Runner, tm
         "online",
         "--run-dir",
         "run",
+        "--video",
         *TINY_PPO,
         env=env,
     )
@@ -176,7 +179,11 @@ def test_unreachable_wandb_server_falls_back_to_offline_once(run_cli: Runner, tm
     assert len(warnings) == 1, result.stderr[-3000:]
     seconds = float(re.search(r"after (\d+\.\d) s", warnings[0]).group(1))
     assert seconds < 30
-    assert any("rollout/ep_rew_mean" in row for row in read_wandb_history(tmp_path / "run" / "wandb"))
+    history = read_wandb_history(tmp_path / "run" / "wandb")
+    assert any("rollout/ep_rew_mean" in row for row in history)
+    # --video: one episode of the final model, as MP4 in the run directory and in the W&B run
+    assert len(read_frames(tmp_path / "run" / "videos" / "final.mp4")) > 1
+    assert any(row.get("eval/video/_type") == "video-file" for row in history)
 
 
 def test_help_documents_every_option_with_its_default(run_cli: Runner):
