@@ -178,42 +178,19 @@ def constructor_defaults(algo: str, hyperparams: dict[str, Any]) -> dict[str, An
 
 def make_env(env_id: str, hyperparams: dict[str, Any], *, n_envs: int, backend: str, seed: int, render: bool = False) -> Any:
     """Vectorised env from the environment layer, with Monitor stats, Atari preprocessing and frame stacking."""
-    from rl_selfdistill.envs import make_vec_env, resolve
+    from rl_selfdistill.envs import make_vec_env
 
-    env_kwargs = dict(hyperparams.get("env_kwargs") or {})
-    if render:
-        if resolve(env_id).family == "atari":
-            return _rendering_atari_env(env_id, hyperparams, seed)
-        env_kwargs["render_mode"] = "rgb_array"
     return make_vec_env(
         env_id,
         n_envs=n_envs,
         backend=backend,
         seed=seed,
         max_episode_steps=hyperparams.get("max_episode_steps"),
-        env_kwargs=env_kwargs or None,
+        env_kwargs=hyperparams.get("env_kwargs") or None,
         frame_stack=hyperparams.get("frame_stack"),
         wrapper_kwargs=hyperparams.get("wrapper_kwargs"),
+        render_mode="rgb_array" if render else None,
     )
-
-
-def _rendering_atari_env(env_id: str, hyperparams: dict[str, Any], seed: int) -> Any:
-    """One Atari env that also renders frames: make_vec_env's dummy-backend recipe, with render_mode set.
-
-    make_vec_env has no render option for Atari ids, so the same public pieces are assembled here.
-    """
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack, VecTransposeImage
-
-    from rl_selfdistill.envs import resolve
-    from rl_selfdistill.envs.atari import atari_settings, make_atari_gym_env
-
-    game = resolve(env_id).game
-    settings = atari_settings(
-        hyperparams.get("wrapper_kwargs"), hyperparams.get("frame_stack"), hyperparams.get("max_episode_steps")
-    )
-    venv = VecTransposeImage(DummyVecEnv([lambda: make_atari_gym_env(game, settings, render_mode="rgb_array")]))
-    venv.seed(seed)
-    return VecFrameStack(venv, settings.frame_stack, channels_order="first") if settings.frame_stack > 1 else venv
 
 
 def normalize_kwargs(hyperparams: dict[str, Any]) -> dict[str, Any] | None:
