@@ -79,7 +79,7 @@ class AppendingCSVOutputFormat(CSVOutputFormat):
             super().__init__(filename)
             return
         # "r+" keeps the rows; SB3's rewrite-on-new-key logic (seek(0), rewrite) still works in this mode.
-        self.file = open(filename, "r+")  # noqa: SIM115 - closed by close()
+        self.file = open(filename, "r+")  # closed by close(), like SB3's own CSV output
         header = self.file.readline().rstrip("\n")
         self.keys = header.split(",") if header else []
         self.separator = ","

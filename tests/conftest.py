@@ -44,4 +44,3 @@ def run_cli(isolated_home: Path, tmp_path: Path) -> Callable[..., subprocess.Com
         )
 
     return run
-

@@ -16,8 +16,19 @@ from rl_selfdistill.paths import data_dir
 
 def test_cartpole_ppo_preset_is_the_rl_zoo_tuned_one():
     hyperparams = cfg.resolve_hyperparams("ppo", "CartPole-v1")
-    zoo = {"n_envs": 8, "n_timesteps": 100_000, "n_steps": 32, "batch_size": 256, "gae_lambda": 0.8, "gamma": 0.98,
-           "n_epochs": 20, "ent_coef": 0.0, "learning_rate": "lin_0.001", "clip_range": "lin_0.2", "policy": "MlpPolicy"}
+    zoo = {
+        "n_envs": 8,
+        "n_timesteps": 100_000,
+        "n_steps": 32,
+        "batch_size": 256,
+        "gae_lambda": 0.8,
+        "gamma": 0.98,
+        "n_epochs": 20,
+        "ent_coef": 0.0,
+        "learning_rate": "lin_0.001",
+        "clip_range": "lin_0.2",
+        "policy": "MlpPolicy",
+    }
     assert hyperparams == zoo
 
 
@@ -113,10 +124,24 @@ def test_unknown_key_error_lists_valid_keys():
 
 
 def test_params_are_typed_with_yaml():
-    overrides = cfg.parse_params(["n_steps:128", "learning_rate:lin_3e-4", "gamma:0.95", "normalize:true",
-                                  "policy_kwargs:{net_arch: [64, 64], activation_fn: tanh}", "target_kl:"])
-    assert overrides == {"n_steps": 128, "learning_rate": "lin_3e-4", "gamma": 0.95, "normalize": True,
-                         "policy_kwargs": {"net_arch": [64, 64], "activation_fn": "tanh"}, "target_kl": None}
+    overrides = cfg.parse_params(
+        [
+            "n_steps:128",
+            "learning_rate:lin_3e-4",
+            "gamma:0.95",
+            "normalize:true",
+            "policy_kwargs:{net_arch: [64, 64], activation_fn: tanh}",
+            "target_kl:",
+        ]
+    )
+    assert overrides == {
+        "n_steps": 128,
+        "learning_rate": "lin_3e-4",
+        "gamma": 0.95,
+        "normalize": True,
+        "policy_kwargs": {"net_arch": [64, 64], "activation_fn": "tanh"},
+        "target_kl": None,
+    }
     resolved = cfg.resolve_hyperparams("ppo", "CartPole-v1", overrides)
     assert resolved["n_steps"] == 128 and resolved["policy_kwargs"]["net_arch"] == [64, 64]
 
@@ -135,10 +160,16 @@ def test_numbers_written_the_rl_zoo_way_are_accepted():
 
 
 def test_model_kwargs_use_registries_not_eval():
-    kwargs = cfg.model_kwargs(cfg.resolve_hyperparams("sd_ppo", "CartPole-v1", {
-        "policy_kwargs": {"net_arch": {"pi": [32], "vf": [32]}, "activation_fn": "tanh", "optimizer_class": "adamw"},
-        "distill_coef": "lin_0.4",
-    }))
+    kwargs = cfg.model_kwargs(
+        cfg.resolve_hyperparams(
+            "sd_ppo",
+            "CartPole-v1",
+            {
+                "policy_kwargs": {"net_arch": {"pi": [32], "vf": [32]}, "activation_fn": "tanh", "optimizer_class": "adamw"},
+                "distill_coef": "lin_0.4",
+            },
+        )
+    )
     assert kwargs["policy_kwargs"]["activation_fn"] is torch.nn.Tanh
     assert kwargs["policy_kwargs"]["optimizer_class"] is torch.optim.AdamW
     for key, start in (("learning_rate", 0.001), ("clip_range", 0.2), ("distill_coef", 0.4)):
