@@ -10,7 +10,7 @@ from rl_selfdistill.cli import main
 from rl_selfdistill.errors import UsageError
 
 TINY = ThroughputSettings(
-    n_envs=4, timesteps=256, device="cpu", n_steps=32, n_epochs=2, batch_size=64, teacher_update_interval=128
+    n_envs=4, timesteps=128, device="cpu", n_steps=32, n_epochs=1, batch_size=64, teacher_update_interval=128
 )
 
 

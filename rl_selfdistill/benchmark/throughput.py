@@ -83,6 +83,8 @@ class ThroughputResult:
     fps_b: list[float]
     settings: dict[str, Any]
     teacher_updates: dict[str, int | None] = field(default_factory=dict)
+    torch_threads: int | None = None
+    hardware: dict[str, Any] = field(default_factory=dict)
 
     @property
     def median_a(self) -> float:
@@ -182,7 +184,13 @@ def measure_throughput(
     updates = {spec.label: teacher_updates(model) for spec, model in models.items()}
     for model in models.values():
         model.get_env().close()
-    return ThroughputResult(env_id, a.label, b.label, fps[a], fps[b], asdict(settings), updates)
+    import torch
+
+    from rl_selfdistill.benchmark.grid import hardware_info
+
+    return ThroughputResult(
+        env_id, a.label, b.label, fps[a], fps[b], asdict(settings), updates, torch.get_num_threads(), hardware_info()
+    )
 
 
 def format_result(result: ThroughputResult) -> str:
