@@ -227,3 +227,17 @@ def test_torch_threads_leave_cores_to_env_workers(monkeypatch):
         assert configure_torch_threads(8, "dummy") == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+# Each CLI call starts a fresh interpreter (torch, SB3, W&B imports): one runs in the fast suite; the function-level
+# tests above cover the same messages.
+@pytest.mark.parametrize("args, fragment", [
+    (["--env", "HalfCheeta-v5"], "unknown env id 'HalfCheeta-v5'; closest valid ids: HalfCheetah-v5"),
+    pytest.param(["--env", "FrozenLake-v1", "--vec-env", "envpool"], "backends that have it: dummy, subproc",
+                 marks=pytest.mark.slow),
+])
+def test_cli_reports_env_errors_in_one_line(run_cli, tmp_path, args, fragment):
+    result = run_cli("train", "--algo", "ppo", "-n", "64", "--run-dir", str(tmp_path / "run"), *args)
+    assert result.returncode == 2
+    assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
