@@ -212,6 +212,9 @@ def test_auto_backend_choice():
     assert choose_backend(resolve("ALE/Pong-v5"), "auto", 8) == "envpool"
     assert choose_backend(resolve("FrozenLake-v1"), "auto", 8) == "subproc"
     assert choose_backend(resolve("FrozenLake-v1"), "auto", 1) == "dummy"
+    from rl_selfdistill.envs import resolve_backend
+
+    assert resolve_backend("HalfCheetah-v5", "auto", 4) == "envpool" and resolve_backend("Hopper-v5", "subproc") == "subproc"
 
 
 def test_torch_threads_leave_cores_to_env_workers(monkeypatch):

@@ -4,7 +4,7 @@ from rl_selfdistill.envs.atari import AtariSettings
 from rl_selfdistill.envs.device import configure_torch_threads
 from rl_selfdistill.envs.envpool_vec import EnvPoolVecEnv
 from rl_selfdistill.envs.factory import make_vec_env
-from rl_selfdistill.envs.registry import BACKENDS, available_backends, resolve
+from rl_selfdistill.envs.registry import BACKENDS, available_backends, resolve, resolve_backend
 from rl_selfdistill.envs.suites import Suite, SuiteEnv, list_suites, load_suite, normalize_score
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "make_vec_env",
     "normalize_score",
     "resolve",
+    "resolve_backend",
 ]

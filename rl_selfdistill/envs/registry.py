@@ -128,3 +128,8 @@ def choose_backend(entry: EnvEntry, backend: str, n_envs: int, allow_envpool: bo
             f"backends that have it: {', '.join(available_backends(entry))}{hint}"
         )
     return backend
+
+
+def resolve_backend(env_id: str, backend: str = "auto", n_envs: int = 1) -> str:
+    """The concrete backend make_vec_env will use (e.g. to pass to configure_torch_threads)."""
+    return choose_backend(resolve(env_id), backend, n_envs)
