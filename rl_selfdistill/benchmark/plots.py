@@ -42,7 +42,8 @@ def plot_learning_curves(curves: dict[str, dict[str, Curve]], path: Path) -> Pat
         ax.legend(fontsize="small")
     for ax in axes.ravel()[len(envs) :]:
         ax.set_visible(False)
-    fig.suptitle("Learning curves: IQM over seeds with 95% bootstrap CI (solid, band), mean (dashed)", fontsize="medium")
+    title = "Learning curves: IQM over seeds with 95% bootstrap CI (solid, band), mean (dashed)"
+    fig.suptitle(title, fontsize="medium", y=1.03)
     return _save(fig, path)
 
 
