@@ -22,6 +22,7 @@ import yaml
 
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.paths import data_dir
+from rl_selfdistill.schedules import SCHEDULE_PREFIX_NAMES, initial_value, parse_schedule
 
 ALGOS = ("ppo", "sd_ppo", "dqn", "sd_dqn")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -119,14 +120,7 @@ def mapping(key: str, value: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- schedules
 
 
-SCHEDULE_PREFIXES = ("lin_",)
-
-
-def parse_schedule(text: str) -> float:
-    """Initial value of a `lin_<v>` schedule; raises ValueError for anything else."""
-    if not text.startswith("lin_"):
-        raise ValueError(text)
-    return float(text[len("lin_") :])
+SCHEDULE_PREFIXES = tuple(f"{prefix}_" for prefix in SCHEDULE_PREFIX_NAMES)
 
 
 def schedule_or_float(minimum: float, *, open_low: bool) -> Validator:
@@ -136,8 +130,8 @@ def schedule_or_float(minimum: float, *, open_low: bool) -> Validator:
     def check(key: str, value: Any) -> float | str:
         if isinstance(value, str) and value.startswith(SCHEDULE_PREFIXES):
             try:
-                start = parse_schedule(value)
-            except ValueError:
+                start = initial_value(parse_schedule(value, key))
+            except UsageError:
                 raise _fail(key, value, expected) from None
         else:
             start = value = _as_float(key, value, expected)
@@ -150,12 +144,7 @@ def schedule_or_float(minimum: float, *, open_low: bool) -> Validator:
 
 def make_schedule(value: float | str) -> float | Callable[[float], float]:
     """Turn a validated number or `lin_<v>` string into what SB3 expects (a float or a picklable schedule)."""
-    if isinstance(value, str):
-        from stable_baselines3.common.utils import LinearSchedule
-
-        # progress_remaining goes 1 -> 0, so this decays linearly from v to 0 like the RL Zoo's linear_schedule.
-        return LinearSchedule(start=parse_schedule(value), end=0.0, end_fraction=1.0)
-    return value
+    return parse_schedule(value, "schedule") if isinstance(value, str) else value
 
 
 # ----------------------------------------------------------------------------- policy_kwargs
