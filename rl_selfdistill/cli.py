@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from rl_selfdistill.errors import UsageError
 
@@ -21,8 +22,15 @@ _SUBCOMMAND_MODULES = (
 )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad arguments end with one line naming the problem and where help is, exit status 2 (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="rl-selfdistill",
         description="Self-distilling PPO and DQN: train, evaluate and benchmark.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
