@@ -103,7 +103,15 @@ def fake_benchmark(tmp_path):
     out = tmp_path / "bench"
     envs = [EnvBudget("EnvA-v0", 1000), EnvBudget("EnvB-v0", 1000)]
     manifest = Manifest("test-bench", None, envs, ["ppo", "sd_ppo"], [0, 1, 2], {}, "abc123", "now")
-    manifest.invocations.append({"command": "rl-selfdistill benchmark --envs EnvA-v0 EnvB-v0", "backend": "local"})
+    manifest.invocations.append(
+        {"command": "rl-selfdistill benchmark --envs EnvA-v0 EnvB-v0", "backend": "local", "failures": []}
+    )
+    manifest.invocations.append(
+        {
+            "command": "rl-selfdistill benchmark --envs EnvB-v0",
+            "failures": [{"run": "ppo/EnvB-v0/seed1", "error": "Boom: bad"}],
+        }
+    )
     save_manifest(out, manifest)
     for env in envs:
         for seed in range(3):
@@ -144,7 +152,8 @@ def test_report_writes_summary_markdown_and_figures(fake_benchmark):
     assert summary["aggregate"]["sd_ppo"]["Mean"]["point"] > summary["aggregate"]["ppo"]["Mean"]["point"]
     assert summary["probability_of_improvement"]["sd_ppo,ppo"]["point"] == pytest.approx(1.0)
     markdown = files.markdown.read_text()
-    for expected in ("rl-selfdistill benchmark --envs EnvA-v0 EnvB-v0", "never started", "unfinished", "| IQM |", "abc123"):
+    assert "`ppo/EnvB-v0/seed1`: failed: Boom: bad" in markdown  # the recorded failure, not "never started"
+    for expected in ("rl-selfdistill benchmark --envs EnvA-v0 EnvB-v0", "unfinished", "| IQM |", "abc123"):
         assert expected in markdown
     assert set(files.figures) == {"learning_curves", "aggregate", "probability_of_improvement", "performance_profiles"}
     for path in files.figures.values():

@@ -178,3 +178,15 @@ def test_job_is_picklable_for_pool_and_ray(tmp_path):
 
     job = RunJob(RunSpec("ppo", "CartPole-v1", 0, 10), tmp_path / "r", {}, {"device": "cpu"}, "g", ("t",), 1)
     assert pickle.loads(pickle.dumps(job)) == job
+
+
+def test_a_failing_run_is_recorded_and_reported(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["benchmark", "--envs", "CartPole-v1", "--algos", "sd_ppo", "--seeds", "1", "-n", "256", "--device", "cpu"]
+    argv += ["--wandb-mode", "disabled", "-params", "distill_coef:-1", "-o", str(out)]
+    assert main(argv) == 1  # the grid ran to its end; one run failed
+    assert "FAILED" in capsys.readouterr().out
+    failures = json.loads((out / "benchmark.json").read_text())["invocations"][0]["failures"]
+    assert [failure["run"] for failure in failures] == ["sd_ppo/CartPole-v1/seed0"]
+    assert main(["report", str(out), "--reps", "100"]) == 0
+    assert "`sd_ppo/CartPole-v1/seed0`: failed: UsageError" in (out / "report.md").read_text()

@@ -233,7 +233,8 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         outcomes = runners.run_ray(jobs, args.address, args.workers, args.cpus_per_run or 1.0, args.gpus_per_run)
     else:
         outcomes = runners.run_local(jobs, args.workers)
-    failures = _report_outcomes(outcomes, len(jobs))
+    invocation["failures"] = []
+    failures = _report_outcomes(outcomes, len(jobs), lambda error: _record_failure(out, manifest, invocation, error))
     invocation["finished_at"] = grid.utc_now()
     grid.save_manifest(out, manifest)
     print(f"benchmark {manifest.benchmark_id}: {len(jobs) - failures}/{len(jobs)} runs ok; next: rl-selfdistill report {out}")
@@ -263,13 +264,21 @@ def _print_plan(manifest: Manifest, todo: list[RunSpec], done: list[RunSpec], ou
         print(f"  not run {cell['algo']}/{cell['env_id']}: {cell['reason']}", flush=True)
 
 
-def _report_outcomes(outcomes: Any, total: int) -> int:
+def _report_outcomes(outcomes: Any, total: int, on_failure: Any) -> int:
     failures = 0
     for index, outcome in enumerate(outcomes, start=1):
         status = "ok" if outcome.ok else f"FAILED: {outcome.error}"
         print(f"  [{index}/{total}] {outcome.action:7s} {outcome.label} in {outcome.wall_s:.0f}s: {status}", flush=True)
-        failures += not outcome.ok
+        if not outcome.ok:
+            failures += 1
+            on_failure({"run": outcome.label, "error": outcome.error})
     return failures
+
+
+def _record_failure(out: Path, manifest: Manifest, invocation: dict[str, Any], failure: dict[str, str]) -> None:
+    """Saved at once, so the report can say why a run is missing even if this invocation is killed later."""
+    invocation["failures"].append(failure)
+    grid.save_manifest(out, manifest)
 
 
 # --------------------------------------------------------------------------- report

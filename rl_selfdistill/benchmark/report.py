@@ -85,6 +85,7 @@ def _has_reference(entry: Any) -> bool:
 def analyse(out: Path, references: dict[str, Reference] | None = None, suite: str | None = None, reps: int = 2000) -> Analysis:
     manifest = load_manifest(out)
     results = aggregate.collect_runs(out, manifest.specs() if manifest else [])
+    _attach_failures(results, manifest)
     if not results:
         raise UsageError(f"{out} holds no benchmark runs; run `rl-selfdistill benchmark -o {out} ...` first")
     if references is None:
@@ -96,6 +97,14 @@ def analyse(out: Path, references: dict[str, Reference] | None = None, suite: st
     improvement = aggregate.probability_of_improvement(scores, pairs, reps=reps)
     env_rows = aggregate.per_env_table(results, references)
     return Analysis(results, references, groups, estimates, improvement, env_rows)
+
+
+def _attach_failures(results: list[RunResult], manifest: Manifest | None) -> None:
+    """A run that failed before writing anything says why, instead of 'never started'."""
+    errors = {f["run"]: f["error"] for inv in (manifest.invocations if manifest else []) for f in inv.get("failures", [])}
+    for result in results:
+        if result.status == "missing" and result.label in errors:
+            result.problem = f"failed: {errors[result.label]}"
 
 
 def write_report(
