@@ -190,3 +190,9 @@ def test_a_failing_run_is_recorded_and_reported(tmp_path, capsys):
     assert [failure["run"] for failure in failures] == ["sd_ppo/CartPole-v1/seed0"]
     assert main(["report", str(out), "--reps", "100"]) == 0
     assert "`sd_ppo/CartPole-v1/seed0`: failed: UsageError" in (out / "report.md").read_text()
+
+
+def test_unknown_env_is_refused_before_anything_runs(tmp_path, capsys):
+    assert main(["benchmark", "--envs", "CartPol-v1", "-n", "100", "-o", str(tmp_path / "o")]) == 2
+    assert "CartPol-v1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

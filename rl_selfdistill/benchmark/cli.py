@@ -86,8 +86,10 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 
 def resolve_envs(suite: str | None, env_ids: list[str] | None, n_timesteps: int | None) -> list[EnvBudget]:
     """Budgets: -n if given, else the suite's (for --envs, the first suite listing the env)."""
-    from rl_selfdistill.envs import list_suites, load_suite
+    from rl_selfdistill.envs import list_suites, load_suite, resolve
 
+    for env_id in env_ids or []:
+        resolve(env_id)  # an unknown id is a one-line error now, not a failed run per seed later
     if n_timesteps is not None and n_timesteps <= 0:
         raise UsageError(f"-n must be positive, got {n_timesteps}")
     if suite:
