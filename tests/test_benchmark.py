@@ -196,3 +196,17 @@ def test_unknown_env_is_refused_before_anything_runs(tmp_path, capsys):
     assert main(["benchmark", "--envs", "CartPol-v1", "-n", "100", "-o", str(tmp_path / "o")]) == 2
     assert "CartPol-v1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_killed_before_its_config_is_set_aside_not_deleted(tmp_path):
+    from rl_selfdistill.benchmark.aggregate import discover_specs
+    from rl_selfdistill.benchmark.runners import _resumable, set_aside
+
+    run_dir = tmp_path / "runs/ppo/CartPole-v1/seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "command.txt").write_text("partial\n")
+    assert not _resumable(run_dir)
+    moved = set_aside(run_dir)
+    assert not run_dir.exists() and (moved / "command.txt").read_text() == "partial\n"
+    assert moved.name.startswith("seed0.incomplete-")
+    assert discover_specs(tmp_path) == []  # the report does not mistake it for a run
