@@ -44,3 +44,10 @@ def run_cli(isolated_home: Path, tmp_path: Path) -> Callable[..., subprocess.Com
         )
 
     return run
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The tests' networks are tiny: one torch thread is faster than two fighting env workers on a 2-core runner.
+    import torch
+
+    torch.set_num_threads(1)

@@ -49,7 +49,8 @@ def test_sd_ppo_solves_cartpole_within_100k_steps(seed):
         "MlpPolicy", env, seed=seed, device="cpu", distill_coef=0.5, teacher_update_interval=10_000, **ZOO_PPO_CARTPOLE
     )
     model.learn(100_000)
-    assert model.distiller.teacher.n_updates == 10
+    # Refreshes happen at rollout starts: at 10k, 20k, ..., 90k (the 100k one would need another rollout).
+    assert model.distiller.teacher.n_updates == 9
     assert np.isfinite(model.logger.name_to_value["distill/kl"])
     assert deterministic_score(model, seed) >= 475
 
