@@ -1,10 +1,10 @@
 """Environment measurements: random-policy scores for the suites, and backend throughput (paired A B A B runs).
 
-  python scripts/env_speed.py random-scores HalfCheetah-v5 Hopper-v5 --episodes 100
-  python scripts/env_speed.py raw ALE/Pong-v5 --n-envs 8 --backends dummy subproc envpool
-  python scripts/env_speed.py collect ALE/Pong-v5 --n-envs 8
-  python scripts/env_speed.py train ALE/Pong-v5 --a subproc --b envpool --timesteps 8192 --repeats 3
-  python scripts/env_speed.py threads ALE/Pong-v5 --backend subproc --threads 1 2
+python scripts/env_speed.py random-scores HalfCheetah-v5 Hopper-v5 --episodes 100
+python scripts/env_speed.py raw ALE/Pong-v5 --n-envs 8 --backends dummy subproc envpool
+python scripts/env_speed.py collect ALE/Pong-v5 --n-envs 8
+python scripts/env_speed.py train ALE/Pong-v5 --a subproc --b envpool --timesteps 8192 --repeats 3
+python scripts/env_speed.py threads ALE/Pong-v5 --backend subproc --threads 1 2
 """
 
 from __future__ import annotations
@@ -32,8 +32,11 @@ def random_scores(args: argparse.Namespace) -> None:
     for env_id in args.env_ids:
         start = time.perf_counter()
         mean, std = speed.random_policy_score(env_id, n_episodes=args.episodes, seed=args.seed)
-        print(f"{env_id}: random_score {mean:.2f} (std {std:.2f}, {args.episodes} episodes, seed {args.seed}, "
-              f"{time.perf_counter() - start:.0f}s)", flush=True)
+        print(
+            f"{env_id}: random_score {mean:.2f} (std {std:.2f}, {args.episodes} episodes, seed {args.seed}, "
+            f"{time.perf_counter() - start:.0f}s)",
+            flush=True,
+        )
 
 
 def _interleaved(name: str, runs: dict[str, Callable[[], float]], repeats: int) -> None:
@@ -45,8 +48,11 @@ def _interleaved(name: str, runs: dict[str, Callable[[], float]], repeats: int) 
     base = statistics.median(results[next(iter(runs))])
     for key, values in results.items():
         med = statistics.median(values)
-        print(f"{name} {key}: median {med:.0f} steps/s over {[round(v) for v in values]}, ratio to "
-              f"{next(iter(runs))} {med / base:.2f}", flush=True)
+        print(
+            f"{name} {key}: median {med:.0f} steps/s over {[round(v) for v in values]}, ratio to "
+            f"{next(iter(runs))} {med / base:.2f}",
+            flush=True,
+        )
 
 
 def raw(args: argparse.Namespace) -> None:
@@ -57,24 +63,37 @@ def raw(args: argparse.Namespace) -> None:
 def collect(args: argparse.Namespace) -> None:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    runs = {b: (lambda b=b: speed.collection_fps(args.env_id, b, args.n_envs, args.steps, ppo_kwargs=_ppo_kwargs(args.env_id)))
-            for b in args.backends}
+    runs = {
+        b: (lambda b=b: speed.collection_fps(args.env_id, b, args.n_envs, args.steps, ppo_kwargs=_ppo_kwargs(args.env_id)))
+        for b in args.backends
+    }
     _interleaved(f"collect {args.env_id} x{args.n_envs}", runs, args.repeats)
 
 
 def train(args: argparse.Namespace) -> None:
     def run(backend: str) -> Callable[[], float]:
-        return lambda: speed.training_fps(args.env_id, backend, args.n_envs, args.timesteps,
-                                          ppo_kwargs=_ppo_kwargs(args.env_id), torch_threads=args.torch_threads)
+        return lambda: speed.training_fps(
+            args.env_id,
+            backend,
+            args.n_envs,
+            args.timesteps,
+            ppo_kwargs=_ppo_kwargs(args.env_id),
+            torch_threads=args.torch_threads,
+        )
 
     result = speed.paired(args.a, run(args.a), args.b, run(args.b), repeats=args.repeats)
     print(f"train {args.env_id} x{args.n_envs} ({args.timesteps} steps): {result}", flush=True)
 
 
 def threads(args: argparse.Namespace) -> None:
-    runs = {f"threads={n}": (lambda n=n: speed.training_fps(args.env_id, args.backend, args.n_envs, args.timesteps,
-                                                             ppo_kwargs=_ppo_kwargs(args.env_id), torch_threads=n))
-            for n in args.threads}
+    runs = {
+        f"threads={n}": (
+            lambda n=n: speed.training_fps(
+                args.env_id, args.backend, args.n_envs, args.timesteps, ppo_kwargs=_ppo_kwargs(args.env_id), torch_threads=n
+            )
+        )
+        for n in args.threads
+    }
     _interleaved(f"train {args.env_id} {args.backend} x{args.n_envs}", runs, args.repeats)
 
 

@@ -1,10 +1,8 @@
 """SelfDistillPPO / SelfDistillDQN: equivalence with SB3, teacher invariants, determinism, save/load."""
 
-import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import DQN, PPO
-from stable_baselines3.common.env_util import make_vec_env
 
 from rl_selfdistill import SelfDistillDQN, SelfDistillPPO
 from rl_selfdistill.errors import UsageError

@@ -34,8 +34,11 @@ def episodes(record: dict, env: int = 0) -> list[dict]:
 
 # Subproc workers each import torch and SB3 (seconds per worker on 2 cores) and run the very same wrappers as
 # dummy, so the fast suite runs subproc on Breakout only; `-m slow` adds Pong.
-_PLAY = [pytest.param((g, b), marks=[pytest.mark.slow] if (g, b) == ("ALE/Pong-v5", "subproc") else [])
-         for g in GAMES for b in BACKENDS]
+_PLAY = [
+    pytest.param((g, b), marks=[pytest.mark.slow] if (g, b) == ("ALE/Pong-v5", "subproc") else [])
+    for g in GAMES
+    for b in BACKENDS
+]
 
 
 @pytest.fixture(scope="module", params=_PLAY, ids=lambda p: f"{p[0][4:-3]}-{p[1]}")
@@ -91,7 +94,7 @@ def test_episode_return_is_whole_game_score(random_play):
         assert ends, "the random play holds a whole game"
         start = 0
         for end in ends:
-            clipped_sum = record["rewards"][start:end + 1, env].sum()
+            clipped_sum = record["rewards"][start : end + 1, env].sum()
             # Pong and low Breakout bricks score +-1, so the whole-game score equals the clipped sum
             # over the whole game (all lives), not over the last life
             assert record["infos"][end][env]["episode"]["r"] == pytest.approx(clipped_sum)
@@ -163,8 +166,9 @@ def test_time_limit_truncation_and_true_final_observation(backend):
     """max_episode_steps=50: truncation is flagged and terminal_observation is the real 50th-step frame."""
     actions = np.random.default_rng(0).integers(0, 6, size=(160, 1))
     short = make_vec_env("ALE/Pong-v5", n_envs=1, backend=backend, seed=7, max_episode_steps=50)
-    reference = make_vec_env("ALE/Pong-v5", n_envs=1, backend="dummy" if backend == "subproc" else backend,
-                             seed=7, max_episode_steps=1000)
+    reference = make_vec_env(
+        "ALE/Pong-v5", n_envs=1, backend="dummy" if backend == "subproc" else backend, seed=7, max_episode_steps=1000
+    )
     try:
         obs_ref = [reference.reset()[0]] + [reference.step(a)[0][0] for a in actions]
         short.reset()

@@ -15,7 +15,6 @@ pytest.importorskip("mujoco")
 pytest.importorskip("envpool")
 
 
-
 def _spaces(env_id: str, backend: str) -> tuple:
     venv = make_vec_env(env_id, n_envs=2, backend=backend, seed=0)
     try:
@@ -191,16 +190,19 @@ def test_unavailable_backend_names_the_backends_that_have_it():
     assert "not available on backend 'envpool'" in message and "dummy, subproc" in message
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"env_id": "CartPole-v1", "backend": "gpu"}, "unknown backend 'gpu'"),
-    ({"env_id": "CartPole-v1", "n_envs": 0}, "n_envs must be a positive integer"),
-    ({"env_id": "CartPole-v1", "wrapper_kwargs": {"noop_max": 3}}, "not an Atari env"),
-    ({"env_id": "ALE/Pong-v5", "wrapper_kwargs": {"noop": 3}}, "unknown Atari wrapper option"),
-    ({"env_id": "ALE/Pong-v5", "backend": "envpool", "wrapper_kwargs": {"noop_max": 0}}, "noop_max=0"),
-    ({"env_id": "CartPole-v1", "backend": "dummy", "env_kwargs": {"bogus": 1}}, "bad env_kwargs"),
-    ({"env_id": "CartPole-v1", "backend": "envpool", "render_mode": "rgb_array"}, "render_mode is not supported"),
-    ({"env_id": "CartPole-v1", "backend": "envpool", "env_kwargs": {"bogus": 1}}, "bad env_kwargs"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"env_id": "CartPole-v1", "backend": "gpu"}, "unknown backend 'gpu'"),
+        ({"env_id": "CartPole-v1", "n_envs": 0}, "n_envs must be a positive integer"),
+        ({"env_id": "CartPole-v1", "wrapper_kwargs": {"noop_max": 3}}, "not an Atari env"),
+        ({"env_id": "ALE/Pong-v5", "wrapper_kwargs": {"noop": 3}}, "unknown Atari wrapper option"),
+        ({"env_id": "ALE/Pong-v5", "backend": "envpool", "wrapper_kwargs": {"noop_max": 0}}, "noop_max=0"),
+        ({"env_id": "CartPole-v1", "backend": "dummy", "env_kwargs": {"bogus": 1}}, "bad env_kwargs"),
+        ({"env_id": "CartPole-v1", "backend": "envpool", "render_mode": "rgb_array"}, "render_mode is not supported"),
+        ({"env_id": "CartPole-v1", "backend": "envpool", "env_kwargs": {"bogus": 1}}, "bad env_kwargs"),
+    ],
+)
 def test_bad_arguments_give_one_line_errors(kwargs, fragment):
     assert fragment in _one_line_error(**kwargs)
 
@@ -234,11 +236,15 @@ def test_torch_threads_leave_cores_to_env_workers(monkeypatch):
 
 # Each CLI call starts a fresh interpreter (torch, SB3, W&B imports): one runs in the fast suite; the function-level
 # tests above cover the same messages.
-@pytest.mark.parametrize("args, fragment", [
-    (["--env", "HalfCheeta-v5"], "unknown env id 'HalfCheeta-v5'; closest valid ids: HalfCheetah-v5"),
-    pytest.param(["--env", "FrozenLake-v1", "--vec-env", "envpool"], "backends that have it: dummy, subproc",
-                 marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--env", "HalfCheeta-v5"], "unknown env id 'HalfCheeta-v5'; closest valid ids: HalfCheetah-v5"),
+        pytest.param(
+            ["--env", "FrozenLake-v1", "--vec-env", "envpool"], "backends that have it: dummy, subproc", marks=pytest.mark.slow
+        ),
+    ],
+)
 def test_cli_reports_env_errors_in_one_line(run_cli, tmp_path, args, fragment):
     result = run_cli("train", "--algo", "ppo", "-n", "64", "--run-dir", str(tmp_path / "run"), *args)
     assert result.returncode == 2

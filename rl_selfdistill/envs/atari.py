@@ -58,8 +58,9 @@ class AtariSettings:
     max_episode_steps: int = 27_000
 
 
-def atari_settings(wrapper_kwargs: dict[str, Any] | None, frame_stack: int | None,
-                   max_episode_steps: int | None) -> AtariSettings:
+def atari_settings(
+    wrapper_kwargs: dict[str, Any] | None, frame_stack: int | None, max_episode_steps: int | None
+) -> AtariSettings:
     """Merge user overrides into the defaults; unknown keys or bad values raise UsageError."""
     overrides = dict(wrapper_kwargs or {})
     fields = {f.name for f in dataclasses.fields(AtariSettings)}
@@ -76,8 +77,12 @@ def atari_settings(wrapper_kwargs: dict[str, Any] | None, frame_stack: int | Non
 
 
 def _check_settings(s: AtariSettings) -> None:
-    positive = {"frame_skip": s.frame_skip, "screen_size": s.screen_size, "frame_stack": s.frame_stack,
-                "max_episode_steps": s.max_episode_steps}
+    positive = {
+        "frame_skip": s.frame_skip,
+        "screen_size": s.screen_size,
+        "frame_stack": s.frame_stack,
+        "max_episode_steps": s.max_episode_steps,
+    }
     for name, value in positive.items():
         if not isinstance(value, int) or value < 1:
             raise UsageError(f"Atari option {name} must be a positive integer, got {value!r}")

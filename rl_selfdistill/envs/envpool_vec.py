@@ -34,9 +34,15 @@ class EnvPoolVecEnv(VecEnv):
     this VecEnv was created. `env_is_wrapped(Monitor)` answers True so evaluate_policy uses them.
     """
 
-    def __init__(self, make_pool: PoolFactory, num_envs: int, seed: int,
-                 observation_space: spaces.Space | None = None, action_space: spaces.Space | None = None,
-                 atari: bool = False) -> None:
+    def __init__(
+        self,
+        make_pool: PoolFactory,
+        num_envs: int,
+        seed: int,
+        observation_space: spaces.Space | None = None,
+        action_space: spaces.Space | None = None,
+        atari: bool = False,
+    ) -> None:
         self._make_pool = make_pool
         self._seed = seed
         self._pending_seed: int | None = None
@@ -96,8 +102,11 @@ class EnvPoolVecEnv(VecEnv):
         return np.logical_or(terminated, truncated)
 
     def _pop_episode(self, i: int) -> dict[str, Any]:
-        episode = {"r": float(self._episode_returns[i]), "l": int(self._episode_lengths[i]),
-                   "t": round(time.time() - self._t_start, 6)}
+        episode = {
+            "r": float(self._episode_returns[i]),
+            "l": int(self._episode_lengths[i]),
+            "t": round(time.time() - self._t_start, 6),
+        }
         self._episode_returns[i] = 0.0
         self._episode_lengths[i] = 0
         return episode
@@ -133,8 +142,9 @@ class EnvPoolVecEnv(VecEnv):
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         raise AttributeError(f"EnvPool envs are C++ objects; cannot set attribute {attr_name!r}")
 
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
-                   **method_kwargs: Any) -> list[Any]:
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
+    ) -> list[Any]:
         raise AttributeError(f"EnvPool envs are C++ objects; cannot call method {method_name!r} on one env")
 
     def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
@@ -144,6 +154,5 @@ class EnvPoolVecEnv(VecEnv):
         return [issubclass(Monitor, wrapper_class) for _ in self._get_indices(indices)]
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        warnings.warn("rendering is not supported by the EnvPool backend; use backend='dummy' to record videos",
-                      stacklevel=2)
+        warnings.warn("rendering is not supported by the EnvPool backend; use backend='dummy' to record videos", stacklevel=2)
         return [None for _ in range(self.num_envs)]

@@ -51,8 +51,10 @@ def make_vec_env(
     if entry.family == "atari":
         settings = atari_settings(wrapper_kwargs, frame_stack, max_episode_steps)
         if env_kwargs:
-            raise UsageError(f"env_kwargs are not supported for Atari ids; use wrapper_kwargs with: "
-                             f"{', '.join(AtariSettings.__dataclass_fields__)}")
+            raise UsageError(
+                f"env_kwargs are not supported for Atari ids; use wrapper_kwargs with: "
+                f"{', '.join(AtariSettings.__dataclass_fields__)}"
+            )
         return _make_atari(entry, n_envs, backend, seed, settings, render_mode)
     if wrapper_kwargs:
         raise UsageError(f"wrapper_kwargs are Atari options, but {env_id!r} is not an Atari env; remove them")
@@ -63,8 +65,9 @@ def make_vec_env(
     return VecFrameStack(venv, frame_stack) if frame_stack and frame_stack > 1 else venv
 
 
-def _check_common(n_envs: int, seed: int | None, max_episode_steps: int | None,
-                  env_kwargs: dict[str, Any] | None, frame_stack: int | None) -> None:
+def _check_common(
+    n_envs: int, seed: int | None, max_episode_steps: int | None, env_kwargs: dict[str, Any] | None, frame_stack: int | None
+) -> None:
     if not isinstance(n_envs, int) or isinstance(n_envs, bool) or n_envs < 1:
         raise UsageError(f"n_envs must be a positive integer, got {n_envs!r}")
     if seed is not None and (not isinstance(seed, int) or seed < 0):
@@ -78,8 +81,9 @@ def _check_common(n_envs: int, seed: int | None, max_episode_steps: int | None,
 
 
 # --- Atari ------------------------------------------------------------------------------------------------
-def _make_atari(entry: EnvEntry, n_envs: int, backend: str, seed: int, settings: AtariSettings,
-                render_mode: str | None) -> VecEnv:
+def _make_atari(
+    entry: EnvEntry, n_envs: int, backend: str, seed: int, settings: AtariSettings, render_mode: str | None
+) -> VecEnv:
     assert entry.game is not None
     if backend == "envpool":
         if settings.noop_max == 0:  # EnvPool 1.2.5 segfaults on reset with noop_max=0
@@ -93,8 +97,9 @@ def _make_atari(entry: EnvEntry, n_envs: int, backend: str, seed: int, settings:
 
 
 # --- MuJoCo, classic control, other Gymnasium ids -----------------------------------------------------------
-def _make_plain(entry: EnvEntry, n_envs: int, backend: str, seed: int, max_episode_steps: int | None,
-                env_kwargs: dict[str, Any]) -> VecEnv:
+def _make_plain(
+    entry: EnvEntry, n_envs: int, backend: str, seed: int, max_episode_steps: int | None, env_kwargs: dict[str, Any]
+) -> VecEnv:
     if backend == "envpool":
         kwargs = dict(env_kwargs)
         if max_episode_steps is not None:
@@ -121,8 +126,10 @@ def _probe_gym_env(entry: EnvEntry, env_kwargs: dict[str, Any]) -> None:
         gym.make(entry.gym_id, **env_kwargs).close()
     except gym.error.DependencyNotInstalled as err:
         hint = "use backend='envpool' or " if entry.envpool_id else ""
-        raise UsageError(f"{entry.env_id} needs a missing package ({str(err).splitlines()[0]}); "
-                         f"{hint}install it, e.g. pip install 'gymnasium[box2d]'") from err
+        raise UsageError(
+            f"{entry.env_id} needs a missing package ({str(err).splitlines()[0]}); "
+            f"{hint}install it, e.g. pip install 'gymnasium[box2d]'"
+        ) from err
     except TypeError as err:
         raise UsageError(f"bad env_kwargs for {entry.env_id}: {err}; check the environment's documented arguments") from err
 
@@ -158,10 +165,18 @@ def _pool_factory(entry: EnvEntry, n_envs: int, kwargs: dict[str, Any]) -> Calla
 
     def make_pool(seed: int) -> Any:
         try:
-            return envpool.make(entry.envpool_id, env_type="gymnasium", num_envs=n_envs, batch_size=n_envs,
-                                num_threads=num_threads, seed=seed, **kwargs)
+            return envpool.make(
+                entry.envpool_id,
+                env_type="gymnasium",
+                num_envs=n_envs,
+                batch_size=n_envs,
+                num_threads=num_threads,
+                seed=seed,
+                **kwargs,
+            )
         except (TypeError, ValueError, KeyError) as err:
-            raise UsageError(f"bad env_kwargs for {entry.env_id} on backend 'envpool': {err}; "
-                             f"check the option names or use backend='dummy'") from err
+            raise UsageError(
+                f"bad env_kwargs for {entry.env_id} on backend 'envpool': {err}; check the option names or use backend='dummy'"
+            ) from err
 
     return make_pool

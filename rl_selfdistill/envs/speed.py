@@ -23,10 +23,16 @@ import numpy as np
 from rl_selfdistill.envs.factory import make_vec_env
 
 # RL Zoo hyperparameters (hyperparams/ppo.yml) for the two benchmark families
-ATARI_PPO_KWARGS: dict[str, Any] = {"n_steps": 128, "n_epochs": 4, "batch_size": 256, "learning_rate": 2.5e-4,
-                                    "clip_range": 0.1, "vf_coef": 0.5, "ent_coef": 0.01}
-MUJOCO_PPO_KWARGS: dict[str, Any] = {"n_steps": 512, "batch_size": 64, "n_epochs": 10, "gae_lambda": 0.92,
-                                     "gamma": 0.98}
+ATARI_PPO_KWARGS: dict[str, Any] = {
+    "n_steps": 128,
+    "n_epochs": 4,
+    "batch_size": 256,
+    "learning_rate": 2.5e-4,
+    "clip_range": 0.1,
+    "vf_coef": 0.5,
+    "ent_coef": 0.01,
+}
+MUJOCO_PPO_KWARGS: dict[str, Any] = {"n_steps": 512, "batch_size": 64, "n_epochs": 10, "gae_lambda": 0.92, "gamma": 0.98}
 
 
 def _random_actions(venv: Any, n: int, seed: int) -> list[np.ndarray]:
@@ -53,8 +59,15 @@ def _policy_for(env_id: str) -> str:
     return "CnnPolicy" if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4") else "MlpPolicy"
 
 
-def collection_fps(env_id: str, backend: str, n_envs: int = 8, n_steps: int = 128, seed: int = 0,
-                   ppo_kwargs: dict[str, Any] | None = None, device: str = "cpu") -> float:
+def collection_fps(
+    env_id: str,
+    backend: str,
+    n_envs: int = 8,
+    n_steps: int = 128,
+    seed: int = 0,
+    ppo_kwargs: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> float:
     """Steps per second of PPO.collect_rollouts with a random-init policy (no gradient updates)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import CallbackList
@@ -72,9 +85,17 @@ def collection_fps(env_id: str, backend: str, n_envs: int = 8, n_steps: int = 12
         venv.close()
 
 
-def training_fps(env_id: str, backend: str, n_envs: int = 8, total_timesteps: int = 4096, seed: int = 0,
-                 ppo_kwargs: dict[str, Any] | None = None, device: str = "cpu", algo: Any = None,
-                 torch_threads: int | None = None) -> float:
+def training_fps(
+    env_id: str,
+    backend: str,
+    n_envs: int = 8,
+    total_timesteps: int = 4096,
+    seed: int = 0,
+    ppo_kwargs: dict[str, Any] | None = None,
+    device: str = "cpu",
+    algo: Any = None,
+    torch_threads: int | None = None,
+) -> float:
     """Steps per second of a full `learn(total_timesteps)`; env construction is not timed.
 
     algo: an SB3-compatible class (default stable_baselines3.PPO, e.g. rl_selfdistill.SelfDistillPPO).
@@ -116,12 +137,13 @@ class PairedResult:
         return self.median_b / self.median_a
 
     def __str__(self) -> str:
-        return (f"{self.name_a}: median {self.median_a:.0f} {[round(x) for x in self.a]} | {self.name_b}: median "
-                f"{self.median_b:.0f} {[round(x) for x in self.b]} | ratio B/A {self.ratio:.2f}")
+        return (
+            f"{self.name_a}: median {self.median_a:.0f} {[round(x) for x in self.a]} | {self.name_b}: median "
+            f"{self.median_b:.0f} {[round(x) for x in self.b]} | ratio B/A {self.ratio:.2f}"
+        )
 
 
-def paired(name_a: str, run_a: Callable[[], float], name_b: str, run_b: Callable[[], float],
-           repeats: int = 3) -> PairedResult:
+def paired(name_a: str, run_a: Callable[[], float], name_b: str, run_b: Callable[[], float], repeats: int = 3) -> PairedResult:
     """Run A B A B ... `repeats` times each, alternating so background load affects both sides alike."""
     a: list[float] = []
     b: list[float] = []

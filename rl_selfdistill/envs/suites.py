@@ -75,9 +75,14 @@ def _parse_env(path: Path, item: Any) -> SuiteEnv:
     missing = [k for k in _REQUIRED if k not in item]
     if missing:
         raise UsageError(f"suite file {path}: env {item.get('env_id', '?')!r} lacks {', '.join(missing)}; add them")
-    env = SuiteEnv(env_id=str(item["env_id"]), n_timesteps=int(item["n_timesteps"]),
-                   random_score=float(item["random_score"]), reference_score=float(item["reference_score"]),
-                   reference=str(item["reference"]), source=str(item["source"]).strip())
+    env = SuiteEnv(
+        env_id=str(item["env_id"]),
+        n_timesteps=int(item["n_timesteps"]),
+        random_score=float(item["random_score"]),
+        reference_score=float(item["reference_score"]),
+        reference=str(item["reference"]),
+        source=str(item["source"]).strip(),
+    )
     if env.n_timesteps <= 0 or math.isclose(env.reference_score, env.random_score):
         raise UsageError(f"suite file {path}: {env.env_id} needs n_timesteps > 0 and reference_score != random_score")
     return env
