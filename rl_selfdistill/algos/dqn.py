@@ -142,4 +142,5 @@ class SelfDistillDQN(DQN):
         with th.no_grad():
             teacher_qs = [teacher(observations) for teacher in teachers]
         kls = [q_softmax_kl(teacher_q, student_q, temperature, direction).mean() for teacher_q in teacher_qs]
-        return th.stack(kls).mean()
+        # One teacher is the common case: skip the stack on this per-gradient-step path.
+        return kls[0] if len(kls) == 1 else th.stack(kls).mean()
