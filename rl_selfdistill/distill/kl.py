@@ -40,10 +40,13 @@ def categorical_kl(
 ) -> th.Tensor:
     """KL between categorical distributions given unnormalised logits ``[batch, n]`` -> ``[batch]``."""
     p_logits, q_logits = _order(teacher_logits, student_logits, direction)
-    log_p = F.log_softmax(p_logits / temperature, dim=-1)
-    log_q = F.log_softmax(q_logits / temperature, dim=-1)
-    # exp(log_p) underflows to exactly 0 where p is negligible, which is the right limit of p*log(p/q).
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    if temperature != 1.0:  # skipped at T = 1: this runs on every gradient step
+        p_logits, q_logits = p_logits / temperature, q_logits / temperature
+    log_p = F.log_softmax(p_logits, dim=-1)
+    log_q = F.log_softmax(q_logits, dim=-1)
+    # kl_div with log_target computes exp(log_p) * (log_p - log_q) in one fused op; exp(log_p) underflows
+    # to exactly 0 where p is negligible, which is the right limit of p * log(p / q).
+    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=-1)
 
 
 def multi_categorical_kl(
