@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch as th
 import torch.nn.functional as F
 
 KLDirection = Literal["forward", "reverse"]
+T = TypeVar("T")  # a tensor, or a tuple of tensors describing one distribution
 KL_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
 
 
-def _order(teacher: th.Tensor, student: th.Tensor, direction: KLDirection) -> tuple[th.Tensor, th.Tensor]:
+def _order(teacher: T, student: T, direction: KLDirection) -> tuple[T, T]:
     """Return (p, q) of KL(p || q): forward is KL(teacher || student), reverse KL(student || teacher)."""
     if direction == "forward":
         return teacher, student
@@ -91,12 +92,9 @@ def gaussian_kl(
     Closed form per dimension: log(s_q / s_p) + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2,
     written with log-stds so that std -> 0 does not divide by zero.
     """
-    if direction == "forward":
-        mean_p, log_std_p, mean_q, log_std_q = teacher_mean, teacher_log_std, student_mean, student_log_std
-    elif direction == "reverse":
-        mean_p, log_std_p, mean_q, log_std_q = student_mean, student_log_std, teacher_mean, teacher_log_std
-    else:
-        raise ValueError(f"unknown KL direction {direction!r}; use one of {KL_DIRECTIONS}")
+    (mean_p, log_std_p), (mean_q, log_std_q) = _order(
+        (teacher_mean, teacher_log_std), (student_mean, student_log_std), direction
+    )
     # Tempering scales both variances by T, which cancels in the variance ratio but not in the mean term.
     log_temperature = math.log(temperature)
     log_var_ratio = 2.0 * (log_std_p - log_std_q)
