@@ -33,6 +33,16 @@ def _order(teacher: T, student: T, direction: KLDirection) -> tuple[T, T]:
     raise ValueError(f"unknown KL direction {direction!r}; use one of {KL_DIRECTIONS}")
 
 
+def _ordered_logits(
+    teacher_logits: th.Tensor, student_logits: th.Tensor, temperature: float, direction: KLDirection
+) -> tuple[th.Tensor, th.Tensor]:
+    """Logits (p, q) of KL(p || q), tempered; the division is skipped at T = 1 (this runs every gradient step)."""
+    p_logits, q_logits = _order(teacher_logits, student_logits, direction)
+    if temperature != 1.0:
+        p_logits, q_logits = p_logits / temperature, q_logits / temperature
+    return p_logits, q_logits
+
+
 def categorical_kl(
     teacher_logits: th.Tensor,
     student_logits: th.Tensor,
@@ -40,9 +50,7 @@ def categorical_kl(
     direction: KLDirection = "forward",
 ) -> th.Tensor:
     """KL between categorical distributions given unnormalised logits ``[batch, n]`` -> ``[batch]``."""
-    p_logits, q_logits = _order(teacher_logits, student_logits, direction)
-    if temperature != 1.0:  # skipped at T = 1: this runs on every gradient step
-        p_logits, q_logits = p_logits / temperature, q_logits / temperature
+    p_logits, q_logits = _ordered_logits(teacher_logits, student_logits, temperature, direction)
     log_p = F.log_softmax(p_logits, dim=-1)
     log_q = F.log_softmax(q_logits, dim=-1)
     # kl_div with log_target computes exp(log_p) * (log_p - log_q) in one fused op; exp(log_p) underflows
@@ -71,8 +79,7 @@ def bernoulli_kl(
     direction: KLDirection = "forward",
 ) -> th.Tensor:
     """KL for independent Bernoullis (MultiBinary) given logits ``[batch, n]``, summed over the n variables."""
-    p_logits, q_logits = _order(teacher_logits, student_logits, direction)
-    p_logits, q_logits = p_logits / temperature, q_logits / temperature
+    p_logits, q_logits = _ordered_logits(teacher_logits, student_logits, temperature, direction)
     log_p1, log_p0 = F.logsigmoid(p_logits), F.logsigmoid(-p_logits)
     log_q1, log_q0 = F.logsigmoid(q_logits), F.logsigmoid(-q_logits)
     kl = log_p1.exp() * (log_p1 - log_q1) + log_p0.exp() * (log_p0 - log_q0)
