@@ -30,6 +30,21 @@ def test_categorical_matches_torch(generator, scale, temperature):
     th.testing.assert_close(categorical_kl(teacher, student, temperature, "reverse"), reverse, **TOL)
 
 
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 3.0])
+def test_categorical_gradients_match_autograd_of_torch(generator, direction, temperature):
+    """The closed-form backward gives the gradients autograd computes through torch.distributions."""
+    teacher, student = _logits(generator, 3.0).requires_grad_(), _logits(generator, 3.0).requires_grad_()
+    weights = th.rand(teacher.shape[0], generator=generator, dtype=th.float64)  # a non-uniform upstream gradient
+    (weights * categorical_kl(teacher, student, temperature, direction)).sum().backward()
+    ours = (teacher.grad.clone(), student.grad.clone())
+    teacher.grad, student.grad = None, None
+    p, q = (teacher, student) if direction == "forward" else (student, teacher)
+    reference = kl_divergence(Categorical(logits=p / temperature), Categorical(logits=q / temperature))
+    (weights * reference).sum().backward()
+    th.testing.assert_close(ours, (teacher.grad, student.grad), **TOL)
+
+
 def test_categorical_is_stable_for_extreme_logits(generator):
     """float32 logits of +-1e4: torch's KL gives inf/nan where a probability underflows, ours stays exact."""
     teacher64, student64 = _logits(generator, 1e4), _logits(generator, 1e4)
@@ -102,6 +117,22 @@ def test_batch_mean_does_not_scale_with_batch_size(generator):
     small = categorical_kl(teacher, student).mean()
     large = categorical_kl(teacher.repeat(16, 1), student.repeat(16, 1)).mean()
     th.testing.assert_close(small, large, **TOL)
+
+
+@pytest.mark.parametrize("shape", [(64, 7), (3, 64, 7)])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_mean_reduction_is_the_mean_of_per_sample_kls(generator, shape, direction):
+    teacher, student = _logits(generator, 2.0, shape), _logits(generator, 2.0, shape).requires_grad_()
+    per_sample = q_softmax_kl(teacher, student, 0.5, direction)
+    assert per_sample.shape == shape[:-1]
+    mean = q_softmax_kl(teacher, student, 0.5, direction, reduction="mean")
+    assert mean.shape == ()
+    th.testing.assert_close(mean, per_sample.mean(), **TOL)
+    (gradient_of_mean,) = th.autograd.grad(mean, student)
+    (gradient_of_per_sample,) = th.autograd.grad(per_sample.mean(), student)
+    th.testing.assert_close(gradient_of_mean, gradient_of_per_sample, **TOL)
+    with pytest.raises(ValueError, match="reduction"):
+        categorical_kl(teacher, student, reduction="sum")
 
 
 def test_unknown_direction_is_rejected(generator):

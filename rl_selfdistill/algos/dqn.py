@@ -122,7 +122,8 @@ class SelfDistillDQN(DQN):
             if teachers:
                 distill_kl = self._distill_kl(teachers, replay_data.observations, all_q_values)
                 distill_kls.append(distill_kl.detach())
-                loss = loss + distill_coef * distill_kl
+                # loss + coef * kl as one op: on a small network the per-op overhead is most of the cost.
+                loss = th.add(loss, distill_kl, alpha=distill_coef)
 
             self.policy.optimizer.zero_grad()
             loss.backward()
@@ -141,6 +142,6 @@ class SelfDistillDQN(DQN):
         temperature, direction = self.distiller.temperature, self.distiller.direction
         with th.no_grad():
             teacher_qs = [teacher(observations) for teacher in teachers]
-        kls = [q_softmax_kl(teacher_q, student_q, temperature, direction).mean() for teacher_q in teacher_qs]
+        kls = [q_softmax_kl(teacher_q, student_q, temperature, direction, reduction="mean") for teacher_q in teacher_qs]
         # One teacher is the common case: skip the stack on this per-gradient-step path.
         return kls[0] if len(kls) == 1 else th.stack(kls).mean()

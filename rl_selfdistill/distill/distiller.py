@@ -75,7 +75,7 @@ class Distiller:
         logger.record("distill/coef", coef)
         if not kls:
             return
-        mean_kl = th.stack(list(kls)).mean().item()
+        mean_kl = kls[0].item() if len(kls) == 1 else th.stack(list(kls)).mean().item()
         logger.record("distill/kl", mean_kl)
         logger.record("distill/loss", coef * mean_kl)
         self.coefficient.update(mean_kl)

@@ -1,7 +1,8 @@
 """KL divergences between a teacher's and a student's action distributions.
 
 Every function returns one KL value per sample (shape ``[batch]``); the caller takes the
-mean over the batch, so the loss scale does not depend on the batch size. Everything is
+mean over the batch, so the loss scale does not depend on the batch size (the categorical
+KLs can return that mean themselves, ``reduction="mean"``). Everything is
 computed from log-probabilities (log-softmax, log-sigmoid, log-std), never from
 probabilities, so large logits and tiny standard deviations stay finite.
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 KLDirection = Literal["forward", "reverse"]
 T = TypeVar("T")  # a tensor, or a tuple of tensors describing one distribution
 KL_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
+KLReduction = Literal["none", "mean"]
 
 
 def _order(teacher: T, student: T, direction: KLDirection) -> tuple[T, T]:
@@ -48,14 +50,25 @@ def categorical_kl(
     student_logits: th.Tensor,
     temperature: float = 1.0,
     direction: KLDirection = "forward",
+    reduction: KLReduction = "none",
 ) -> th.Tensor:
-    """KL between categorical distributions given unnormalised logits ``[batch, n]`` -> ``[batch]``."""
+    """KL between categorical distributions given unnormalised logits ``[batch, n]`` -> ``[batch]``.
+
+    ``reduction="mean"`` returns the batch mean as a scalar, the same value as ``.mean()`` of the
+    per-sample KLs with fewer ops (this runs on every gradient step of SelfDistillDQN).
+    """
     p_logits, q_logits = _ordered_logits(teacher_logits, student_logits, temperature, direction)
     log_p = F.log_softmax(p_logits, dim=-1)
     log_q = F.log_softmax(q_logits, dim=-1)
     # kl_div with log_target computes exp(log_p) * (log_p - log_q) in one fused op; exp(log_p) underflows
     # to exactly 0 where p is negligible, which is the right limit of p * log(p / q).
-    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=-1)
+    if reduction == "none":
+        return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=-1)
+    if reduction == "mean":
+        if log_q.dim() != 2:  # batchmean divides by the first dimension only
+            log_p, log_q = log_p.reshape(-1, log_p.shape[-1]), log_q.reshape(-1, log_q.shape[-1])
+        return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+    raise ValueError(f"unknown reduction {reduction!r}; use 'none' or 'mean'")
 
 
 def multi_categorical_kl(
@@ -115,6 +128,7 @@ def q_softmax_kl(
     student_q: th.Tensor,
     temperature: float = 1.0,
     direction: KLDirection = "forward",
+    reduction: KLReduction = "none",
 ) -> th.Tensor:
     """KL between Boltzmann policies softmax(Q / temperature) of a teacher and a student Q-network."""
-    return categorical_kl(teacher_q, student_q, temperature, direction)
+    return categorical_kl(teacher_q, student_q, temperature, direction, reduction)
