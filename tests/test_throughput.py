@@ -63,6 +63,16 @@ def test_dqn_pair_through_the_cli(tmp_path, capsys):
     assert saved["teacher_updates"]["sd_dqn@dummy"] >= 1
 
 
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    from rl_selfdistill.benchmark.throughput import ThroughputResult
+
+    # Load doubled in round 2: the ratio of medians mixes rounds, the per-round ratios do not.
+    result = ThroughputResult("E", "a", "b", fps_a=[100.0, 50.0, 100.0], fps_b=[90.0, 45.0, 95.0], settings={})
+    assert result.paired_ratio == pytest.approx(0.9)
+    assert result.ratio == pytest.approx(90.0 / 100.0)
+    assert result.to_dict()["median_paired_ratio"] == pytest.approx(0.9)
+
+
 def test_mixed_families_are_refused(capsys):
     assert main(["throughput", "--env", "CartPole-v1", "--a", "ppo", "--b", "sd_dqn"]) == 2
     assert "different algorithm families" in capsys.readouterr().err

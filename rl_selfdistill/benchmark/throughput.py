@@ -99,8 +99,19 @@ class ThroughputResult:
         """median fps of B / median fps of A: below 1 means B is slower."""
         return self.median_b / self.median_a
 
+    @property
+    def paired_ratio(self) -> float:
+        """Median over rounds of B's fps / A's fps in the same round: robust to load that drifts between rounds."""
+        return statistics.median(b / a for a, b in zip(self.fps_a, self.fps_b))
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "median_a": self.median_a, "median_b": self.median_b, "ratio_b_over_a": self.ratio}
+        return {
+            **asdict(self),
+            "median_a": self.median_a,
+            "median_b": self.median_b,
+            "ratio_b_over_a": self.ratio,
+            "median_paired_ratio": self.paired_ratio,
+        }
 
 
 def algo_kwargs(spec: AlgoSpec, settings: ThroughputSettings) -> dict[str, Any]:
@@ -198,7 +209,7 @@ def format_result(result: ThroughputResult) -> str:
         f"env {result.env_id}: {len(result.fps_a)} pairs of {result.settings['timesteps']} steps",
         f"A {result.a}: median {result.median_a:.0f} fps  (trials: {', '.join(f'{v:.0f}' for v in result.fps_a)})",
         f"B {result.b}: median {result.median_b:.0f} fps  (trials: {', '.join(f'{v:.0f}' for v in result.fps_b)})",
-        f"ratio B/A: {result.ratio:.3f}",
+        f"ratio B/A: {result.ratio:.3f} (of the medians); median of the per-round ratios: {result.paired_ratio:.3f}",
     ]
     lines += [f"teacher updates of {label}: {n}" for label, n in result.teacher_updates.items() if n is not None]
     return "\n".join(lines)
