@@ -2,6 +2,7 @@
 
 import json
 import statistics
+import time
 
 import pytest
 
@@ -61,6 +62,34 @@ def test_dqn_pair_through_the_cli(tmp_path, capsys):
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["ratio_b_over_a"] == pytest.approx(saved["median_b"] / saved["median_a"])
     assert saved["teacher_updates"]["sd_dqn@dummy"] >= 1
+    collect, update = saved["us_per_step_collect_update_b"]
+    assert collect > 0 and update > 0
+    assert "us/step collecting" in output
+
+
+def test_update_share_is_the_time_spent_in_train(monkeypatch):
+    """The update time the callback measures is the time `train()` itself took (slowed down to dominate)."""
+    from stable_baselines3 import PPO
+
+    from rl_selfdistill.benchmark.throughput import build_model, timed_trial
+
+    original_train = PPO.train
+    train_seconds = []
+
+    def slow_timed_train(self):
+        start = time.perf_counter()
+        time.sleep(0.05)
+        original_train(self)
+        train_seconds.append(time.perf_counter() - start)
+
+    settings = ThroughputSettings(n_envs=4, device="cpu", n_steps=32, n_epochs=1, batch_size=64)
+    model = build_model("CartPole-v1", AlgoSpec("ppo"), settings)
+    monkeypatch.setattr(PPO, "train", slow_timed_train)
+    fps, share = timed_trial(model, 4 * 32 * 4)  # four rollouts, four updates
+    elapsed = 4 * 32 * 4 / fps
+    assert len(train_seconds) == 4
+    assert share * elapsed == pytest.approx(sum(train_seconds), abs=0.02)
+    assert 0 < share < 1
 
 
 def test_paired_ratio_is_the_median_of_per_round_ratios():
@@ -71,6 +100,7 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
     assert result.paired_ratio == pytest.approx(0.9)
     assert result.ratio == pytest.approx(90.0 / 100.0)
     assert result.to_dict()["median_paired_ratio"] == pytest.approx(0.9)
+    assert result.phase_costs("a") is None  # no update shares recorded
 
 
 def test_mixed_families_are_refused(capsys):

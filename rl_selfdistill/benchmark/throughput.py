@@ -82,6 +82,9 @@ class ThroughputResult:
     fps_a: list[float]
     fps_b: list[float]
     settings: dict[str, Any]
+    # Per trial, the share of wall-clock spent in the update phase (`train()`); the rest is collection.
+    update_share_a: list[float] = field(default_factory=list)
+    update_share_b: list[float] = field(default_factory=list)
     teacher_updates: dict[str, int | None] = field(default_factory=dict)
     torch_threads: int | None = None
     hardware: dict[str, Any] = field(default_factory=dict)
@@ -104,6 +107,16 @@ class ThroughputResult:
         """Median over rounds of B's fps / A's fps in the same round: robust to load that drifts between rounds."""
         return statistics.median(b / a for a, b in zip(self.fps_a, self.fps_b))
 
+    def phase_costs(self, which: str) -> tuple[float, float] | None:
+        """Median microseconds per env step spent collecting and updating, for A (`"a"`) or B (`"b"`)."""
+        fps, shares = (self.fps_a, self.update_share_a) if which == "a" else (self.fps_b, self.update_share_b)
+        if not shares:
+            return None
+        per_step = [1e6 / value for value in fps]
+        collect = statistics.median(us * (1.0 - share) for us, share in zip(per_step, shares))
+        update = statistics.median(us * share for us, share in zip(per_step, shares))
+        return collect, update
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
@@ -111,6 +124,8 @@ class ThroughputResult:
             "median_b": self.median_b,
             "ratio_b_over_a": self.ratio,
             "median_paired_ratio": self.paired_ratio,
+            "us_per_step_collect_update_a": self.phase_costs("a"),
+            "us_per_step_collect_update_b": self.phase_costs("b"),
         }
 
 
@@ -148,12 +163,49 @@ def build_model(env_id: str, spec: AlgoSpec, settings: ThroughputSettings) -> An
     return algo_class(spec.algo)("MlpPolicy", env, **algo_kwargs(spec, settings))
 
 
-def timed_trial(model: Any, timesteps: int) -> float:
-    """Environment steps per second of one `learn` call (steps counted, as PPO rounds up to whole rollouts)."""
+def update_phase_timer() -> Any:
+    """An SB3 callback that sums the time from each rollout's end to the next rollout's start.
+
+    SB3's on- and off-policy loops both call ``train()`` exactly there (and after the last
+    rollout, before ``on_training_end``), so the sum is the time spent in updates.
+    """
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class UpdatePhaseTimer(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.update_seconds = 0.0
+            self._rollout_ended_at: float | None = None
+
+        def _close_update_phase(self) -> None:
+            if self._rollout_ended_at is not None:
+                self.update_seconds += time.perf_counter() - self._rollout_ended_at
+                self._rollout_ended_at = None
+
+        def _on_rollout_start(self) -> None:
+            self._close_update_phase()
+
+        def _on_rollout_end(self) -> None:
+            self._rollout_ended_at = time.perf_counter()
+
+        def _on_training_end(self) -> None:
+            self._close_update_phase()
+
+        def _on_step(self) -> bool:
+            return True
+
+    return UpdatePhaseTimer()
+
+
+def timed_trial(model: Any, timesteps: int) -> tuple[float, float]:
+    """Environment steps per second of one `learn` call (steps counted, as PPO rounds up to whole rollouts),
+    and the share of its wall-clock spent in updates."""
+    timer = update_phase_timer()
     before = model.num_timesteps
     start = time.perf_counter()
-    model.learn(total_timesteps=timesteps, reset_num_timesteps=False, progress_bar=False)
-    return (model.num_timesteps - before) / (time.perf_counter() - start)
+    model.learn(total_timesteps=timesteps, reset_num_timesteps=False, progress_bar=False, callback=timer)
+    elapsed = time.perf_counter() - start
+    return (model.num_timesteps - before) / elapsed, timer.update_seconds / elapsed
 
 
 def teacher_updates(model: Any) -> int | None:
@@ -187,11 +239,14 @@ def measure_throughput(
     for spec, model in models.items():
         model.learn(total_timesteps=settings.warmup_for(spec), progress_bar=False)
     fps: dict[AlgoSpec, list[float]] = {a: [], b: []}
+    update_shares: dict[AlgoSpec, list[float]] = {a: [], b: []}
     for trial in range(pairs):
         for spec in (a, b):
-            fps[spec].append(timed_trial(models[spec], settings.timesteps))
+            trial_fps, update_share = timed_trial(models[spec], settings.timesteps)
+            fps[spec].append(trial_fps)
+            update_shares[spec].append(update_share)
             if report is not None:
-                report(spec.label, trial, fps[spec][-1])
+                report(spec.label, trial, trial_fps)
     updates = {spec.label: teacher_updates(model) for spec, model in models.items()}
     for model in models.values():
         model.get_env().close()
@@ -200,7 +255,17 @@ def measure_throughput(
     from rl_selfdistill.benchmark.grid import hardware_info
 
     return ThroughputResult(
-        env_id, a.label, b.label, fps[a], fps[b], asdict(settings), updates, torch.get_num_threads(), hardware_info()
+        env_id,
+        a.label,
+        b.label,
+        fps[a],
+        fps[b],
+        asdict(settings),
+        update_shares[a],
+        update_shares[b],
+        updates,
+        torch.get_num_threads(),
+        hardware_info(),
     )
 
 
@@ -211,5 +276,9 @@ def format_result(result: ThroughputResult) -> str:
         f"B {result.b}: median {result.median_b:.0f} fps  (trials: {', '.join(f'{v:.0f}' for v in result.fps_b)})",
         f"ratio B/A: {result.ratio:.3f} (of the medians); median of the per-round ratios: {result.paired_ratio:.3f}",
     ]
+    for which, label in (("a", result.a), ("b", result.b)):
+        costs = result.phase_costs(which)
+        if costs is not None:
+            lines.append(f"{label}: {costs[0]:.0f} us/step collecting + {costs[1]:.0f} us/step updating (medians)")
     lines += [f"teacher updates of {label}: {n}" for label, n in result.teacher_updates.items() if n is not None]
     return "\n".join(lines)
