@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # report generation runs headless (clusters, CI)
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
 from rliable import plot_utils  # noqa: E402
 
 from rl_selfdistill.benchmark.aggregate import METRIC_NAMES, Curve  # noqa: E402
@@ -37,6 +38,8 @@ def plot_learning_curves(curves: dict[str, dict[str, Curve]], path: Path) -> Pat
             _draw_curve(ax, curve, f"{algo} (n={curve.n_runs})", colours[algo])
         ax.set_title(env)
         ax.set_xlabel("environment steps")
+        # 300000 written out collides with its neighbours; 300k does not.
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set_ylabel("evaluation return")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
