@@ -10,6 +10,7 @@ from rl_selfdistill.benchmark import aggregate
 from rl_selfdistill.benchmark.aggregate import Reference
 from rl_selfdistill.benchmark.grid import EnvBudget, Manifest, load_manifest, save_manifest
 from rl_selfdistill.benchmark.report import write_report
+from rl_selfdistill.cli import main
 
 # 4 runs x 3 envs. Sorted, the 12 values are 0.0 0.1 0.2 | 0.4 0.5 0.5 0.5 0.5 0.6 | 0.9 1.5 3.0.
 HAND_SCORES = np.array(
@@ -159,6 +160,58 @@ def test_report_writes_summary_markdown_and_figures(fake_benchmark):
     for path in files.figures.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({path.relative_to(fake_benchmark)})" in markdown
+
+
+def second_benchmark(tmp_path, env_id="EnvC-v0", seeds=(0, 1)):
+    """Another folder, as if run in another session, with an SD override of its own."""
+    out = tmp_path / f"bench-{env_id}"
+    manifest = Manifest("second-bench", None, [EnvBudget(env_id, 1000)], ["ppo", "sd_ppo"], list(seeds), {}, "def456", "now")
+    manifest.sd_params = {"distill_coef": 0.1}
+    manifest.invocations.append({"command": f"rl-selfdistill benchmark --envs {env_id} -o {out}", "failures": []})
+    save_manifest(out, manifest)
+    for seed in seeds:
+        for algo, level in (("ppo", 100.0), ("sd_ppo", 50.0)):
+            write_fake_run(out, algo, env_id, seed, np.full(10, level + seed))
+    return out
+
+
+def test_a_report_pools_several_benchmark_folders(fake_benchmark, tmp_path):
+    second = second_benchmark(tmp_path)
+    references = {**REFERENCES, "EnvC-v0": Reference(0.0, 200.0)}
+    report_dir = tmp_path / "pooled"
+    files = write_report([fake_benchmark, second], references=references, reps=300, report_dir=report_dir)
+    summary = json.loads(files.summary.read_text())
+    assert summary["benchmark_id"] == "test-bench + second-bench"
+    assert summary["comparisons"][0]["envs"] == ["EnvA-v0", "EnvB-v0", "EnvC-v0"]
+    assert len(summary["runs"]) == 12 + 4
+    assert all((report_dir / run["run_dir"]).is_dir() for run in summary["runs"] if run["status"] != "missing")
+    commands = [invocation["command"] for invocation in summary["invocations"]]
+    assert commands[-1] == f"rl-selfdistill benchmark --envs EnvC-v0 -o {second}" and len(commands) == 3
+    assert [bench["sd_params"] for bench in summary["benchmarks"]] == [{}, {"distill_coef": 0.1}]
+    # EnvC's scores enter the pooled aggregate: sd_ppo scores 0.25 there against ppo's 0.5, so P(sd_ppo > ppo) drops
+    # from 1 (EnvA and EnvB) to 2/3 (averaged over the three envs).
+    assert summary["probability_of_improvement"]["sd_ppo,ppo"]["point"] == pytest.approx(2 / 3)
+    markdown = files.markdown.read_text()
+    assert "pools the runs of several benchmark folders" in markdown and "`distill_coef: 0.1`" in markdown
+    assert not (fake_benchmark / "report.md").exists() and not (second / "report.md").exists()
+    for path in files.figures.values():
+        assert path.parent == report_dir / "figures"
+
+
+def test_a_cell_found_in_two_folders_is_refused(fake_benchmark, tmp_path, capsys):
+    overlapping = second_benchmark(tmp_path, env_id="EnvA-v0", seeds=(0,))
+    assert main(["report", str(fake_benchmark), str(overlapping), "-o", str(tmp_path / "pooled"), "--reps", "100"]) == 2
+    assert "ppo/EnvA-v0/seed0 is in both" in capsys.readouterr().err
+    assert not (tmp_path / "pooled").exists()
+
+
+def test_several_folders_need_a_report_folder(fake_benchmark, tmp_path, capsys):
+    second = second_benchmark(tmp_path)
+    assert main(["report", str(fake_benchmark), str(second)]) == 2
+    assert "needs -o DIR" in capsys.readouterr().err
+    assert main(["report", str(second), str(second), "-o", str(tmp_path / "x")]) == 2
+    assert "named twice" in capsys.readouterr().err
+    assert not (fake_benchmark / "report.md").exists() and not (second / "report.md").exists()
 
 
 def test_learning_curve_interpolates_onto_the_shared_horizon():

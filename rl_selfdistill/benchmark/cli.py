@@ -292,7 +292,12 @@ def _register_report(subparsers: Any) -> None:
         help="aggregate a benchmark folder with rliable: summary.json, report.md, PNG figures",
         formatter_class=_FORMATTER,
     )
-    parser.add_argument("output", type=Path, metavar="OUT", help="benchmark folder (the -o of `benchmark`)")
+    parser.add_argument(
+        "outputs", type=Path, nargs="+", metavar="OUT", help="benchmark folder(s) (the -o of `benchmark`); several are pooled"
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, default=None, metavar="DIR", help="report folder (default: OUT; needed with several)"
+    )
     parser.add_argument("--suite", default=None, help="suite whose reference scores normalise (default: the benchmark's)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
     parser.set_defaults(func=run_report_command)
@@ -301,14 +306,18 @@ def _register_report(subparsers: Any) -> None:
 def run_report_command(args: argparse.Namespace) -> int:
     from rl_selfdistill.benchmark.report import write_report
 
-    if not args.output.is_dir():
-        raise UsageError(f"benchmark folder {args.output} does not exist; pass the -o folder of `rl-selfdistill benchmark`")
+    for out in args.outputs:
+        if not out.is_dir():
+            raise UsageError(f"benchmark folder {out} does not exist; pass the -o folder of `rl-selfdistill benchmark`")
+    if len(set(map(Path.resolve, args.outputs))) < len(args.outputs):
+        raise UsageError("a benchmark folder is named twice; name each once")
     if args.reps < 100:
         raise UsageError(f"--reps {args.reps} is too few for a 95% interval; use at least 100")
-    words = ["rl-selfdistill", "report", str(args.output)]
+    words = ["rl-selfdistill", "report", *map(str, args.outputs)]
+    words += ["-o", str(args.output)] if args.output else []
     words += ["--suite", args.suite] if args.suite else []
     words += ["--reps", str(args.reps)] if args.reps != 2000 else []
-    files = write_report(args.output, suite=args.suite, reps=args.reps, command=shlex.join(words))
+    files = write_report(args.outputs, suite=args.suite, reps=args.reps, command=shlex.join(words), report_dir=args.output)
     print(f"wrote {files.markdown}, {files.summary} and {len(files.figures)} figures")
     summary = json.loads(files.summary.read_text())
     if summary["excluded"]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -82,14 +84,15 @@ def _has_reference(entry: Any) -> bool:
     return random_score is not None and reference_score is not None and reference_score != random_score
 
 
-def analyse(out: Path, references: dict[str, Reference] | None = None, suite: str | None = None, reps: int = 2000) -> Analysis:
-    manifest = load_manifest(out)
-    results = aggregate.collect_runs(out, manifest.specs() if manifest else [])
-    _attach_failures(results, manifest)
-    if not results:
-        raise UsageError(f"{out} holds no benchmark runs; run `rl-selfdistill benchmark -o {out} ...` first")
+def analyse(
+    outs: Path | Sequence[Path], references: dict[str, Reference] | None = None, suite: str | None = None, reps: int = 2000
+) -> Analysis:
+    """Score every run of one benchmark folder, or of several pooled into one comparison."""
+    folders = as_folders(outs)
+    manifests = [load_manifest(out) for out in folders]
+    results = _collect_all(folders, manifests)
     if references is None:
-        references = load_references(suite or (manifest.suite if manifest else None), sorted({r.env_id for r in results}))
+        references = load_references(suite or _common_suite(manifests), sorted({r.env_id for r in results}))
     groups = aggregate.grouped_score_matrices(results, references)
     scores = {algo: matrix for group in groups for algo, matrix in group.scores.items()}
     estimates = aggregate.interval_estimates(scores, reps=reps) if scores else {}
@@ -97,6 +100,29 @@ def analyse(out: Path, references: dict[str, Reference] | None = None, suite: st
     improvement = aggregate.probability_of_improvement(scores, pairs, reps=reps)
     env_rows = aggregate.per_env_table(results, references)
     return Analysis(results, references, groups, estimates, improvement, env_rows)
+
+
+def as_folders(outs: Path | Sequence[Path]) -> list[Path]:
+    return [Path(outs)] if isinstance(outs, str | Path) else [Path(out) for out in outs]
+
+
+def _collect_all(folders: list[Path], manifests: list[Manifest | None]) -> list[RunResult]:
+    """The runs of every folder; a cell found in two folders would be counted twice, so it is refused."""
+    results: list[RunResult] = []
+    origin: dict[str, Path] = {}
+    for out, manifest in zip(folders, manifests):
+        found = aggregate.collect_runs(out, manifest.specs() if manifest else [])
+        _attach_failures(found, manifest)
+        if not found:
+            raise UsageError(f"{out} holds no benchmark runs; run `rl-selfdistill benchmark -o {out} ...` first")
+        for result in found:
+            if result.label in origin:
+                raise UsageError(
+                    f"{result.label} is in both {origin[result.label]} and {out}; report each cell from one folder only"
+                )
+            origin[result.label] = out
+        results.extend(found)
+    return results
 
 
 def _attach_failures(results: list[RunResult], manifest: Manifest | None) -> None:
@@ -107,23 +133,40 @@ def _attach_failures(results: list[RunResult], manifest: Manifest | None) -> Non
             result.problem = f"failed: {errors[result.label]}"
 
 
+def _common_suite(manifests: list[Manifest | None]) -> str | None:
+    """The suite all folders were run from; with none or a mix, every suite's references are searched."""
+    suites = {manifest.suite if manifest else None for manifest in manifests}
+    return suites.pop() if len(suites) == 1 else None
+
+
 def write_report(
-    out: Path,
+    outs: Path | Sequence[Path],
     references: dict[str, Reference] | None = None,
     suite: str | None = None,
     reps: int = 2000,
     command: str | None = None,
+    report_dir: Path | None = None,
 ) -> ReportFiles:
-    """Analyse OUT and write OUT/summary.json, OUT/report.md and OUT/figures/*.png."""
-    out = Path(out)
-    analysis = analyse(out, references, suite, reps)
-    figures = draw_figures(analysis, out / "figures", reps)
-    manifest = load_manifest(out)
-    command = command or shlex.join(["rl-selfdistill", "report", str(out)])
-    summary = build_summary(analysis, manifest, figures, out, command)
-    summary_path = out / "summary.json"
+    """Analyse the benchmark folder(s); write summary.json, report.md and figures/*.png into `report_dir`.
+
+    `report_dir` defaults to the folder itself when there is one; pooling several folders
+    (e.g. envs run in separate sessions) needs it, so no folder's own report is overwritten by accident.
+    """
+    folders = as_folders(outs)
+    if report_dir is None:
+        if len(folders) > 1:
+            raise UsageError("a report over several benchmark folders needs -o DIR for its files")
+        report_dir = folders[0]
+    analysis = analyse(folders, references, suite, reps)
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    figures = draw_figures(analysis, report_dir / "figures", reps)
+    manifests = [(out, load_manifest(out)) for out in folders]
+    command = command or shlex.join(["rl-selfdistill", "report", *map(str, folders)])
+    summary = build_summary(analysis, manifests, figures, report_dir, command)
+    summary_path = report_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    markdown_path = out / "report.md"
+    markdown_path = report_dir / "report.md"
     markdown_path.write_text(render_markdown(summary))
     return ReportFiles(summary_path, markdown_path, figures)
 
@@ -161,11 +204,17 @@ def _curves(results: list[RunResult], reps: int) -> dict[str, dict[str, aggregat
 
 
 def build_summary(
-    analysis: Analysis, manifest: Manifest | None, figures: dict[str, Path], out: Path, command: str
+    analysis: Analysis,
+    manifests: list[tuple[Path, Manifest | None]],
+    figures: dict[str, Path],
+    report_dir: Path,
+    command: str,
 ) -> dict[str, Any]:
+    known = [manifest for _, manifest in manifests if manifest]
     return {
-        "benchmark_id": manifest.benchmark_id if manifest else None,
-        "suite": manifest.suite if manifest else None,
+        "benchmark_id": " + ".join(manifest.benchmark_id for manifest in known) or None,
+        "suite": _common_suite([manifest for _, manifest in manifests]),
+        "benchmarks": [_benchmark_entry(out, manifest, report_dir) for out, manifest in manifests],
         "score_definition": SCORE_DEFINITION,
         "comparisons": [
             {
@@ -179,24 +228,38 @@ def build_summary(
         "probability_of_improvement": analysis.improvement,
         "per_env": analysis.env_rows,
         "references": {env: vars(ref) for env, ref in sorted(analysis.references.items())},
-        "runs": [_run_entry(result, out) for result in analysis.results],
+        "runs": [_run_entry(result, report_dir) for result in analysis.results],
         "excluded": [{"what": what, "reason": reason} for what, reason in analysis.excluded],
-        "not_run": manifest.skipped if manifest else [],
-        "figures": {name: str(path.relative_to(out)) for name, path in figures.items()},
-        "invocations": manifest.invocations if manifest else [],
+        "not_run": [cell for manifest in known for cell in manifest.skipped],
+        "figures": {name: _relative(path, report_dir) for name, path in figures.items()},
+        "invocations": [invocation for manifest in known for invocation in manifest.invocations],
         "report_command": command,
         "git_commits": sorted({c for c in _run_infos(analysis.results, "git_commit") if c}),
         "versions": _versions(analysis.results),
     }
 
 
-def _run_entry(result: RunResult, out: Path) -> dict[str, Any]:
+def _benchmark_entry(out: Path, manifest: Manifest | None, report_dir: Path) -> dict[str, Any]:
+    return {
+        "folder": _relative(out, report_dir),
+        "benchmark_id": manifest.benchmark_id if manifest else None,
+        "suite": manifest.suite if manifest else None,
+        "sd_params": manifest.sd_params if manifest else {},
+    }
+
+
+def _relative(path: Path, start: Path) -> str:
+    """Paths in the summary are relative to the report, so a copied report folder keeps working links."""
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def _run_entry(result: RunResult, report_dir: Path) -> dict[str, Any]:
     return {
         "algo": result.algo,
         "env_id": result.env_id,
         "seed": result.seed,
         "status": result.status,
-        "run_dir": str(result.run_dir.relative_to(out)) if result.run_dir.is_relative_to(out) else str(result.run_dir),
+        "run_dir": _relative(result.run_dir, report_dir),
         "n_timesteps": result.n_timesteps,
         "timesteps_done": result.timesteps_done,
         "wall_clock_s": result.wall_clock_s,
@@ -248,10 +311,22 @@ def _md_header(summary: dict[str, Any]) -> str:
     lines = [f"# Benchmark report: {summary['benchmark_id'] or 'unnamed'}", ""]
     if summary["suite"]:
         lines.append(f"Suite: `{summary['suite']}`. ")
+    lines += _md_pooled_folders(summary.get("benchmarks", []))
     lines += ["## Commands", "", "```bash"]
     lines += [invocation["command"] for invocation in summary["invocations"]]
     lines += [summary["report_command"], "```", "", "## Score", "", summary["score_definition"]]
     return "\n".join(lines)
+
+
+def _md_pooled_folders(benchmarks: list[dict[str, Any]]) -> list[str]:
+    """With several folders, say which each is: their SD overrides may differ, and that matters to the comparison."""
+    if len(benchmarks) < 2:
+        return []
+    lines = ["This report pools the runs of several benchmark folders:", ""]
+    for bench in benchmarks:
+        overrides = ", ".join(f"`{key}: {value}`" for key, value in bench["sd_params"].items()) or "none"
+        lines.append(f"- `{bench['folder']}`: benchmark `{bench['benchmark_id']}`, SD overrides (`-params`): {overrides}")
+    return [*lines, ""]
 
 
 def _ci(value: dict[str, float]) -> str:
