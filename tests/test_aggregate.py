@@ -42,6 +42,31 @@ def test_bootstrap_ci_contains_the_true_value():
         assert value["high"] - value["low"] < 0.2  # 120 samples pin the mean down to about +-0.04
 
 
+def test_bootstrap_intervals_are_reproducible_and_leave_the_global_rng_alone():
+    rng = np.random.default_rng(2)
+    matrices = {"ppo": rng.normal(0.5, 0.3, size=(5, 2)), "sd_ppo": rng.normal(0.6, 0.3, size=(5, 2))}
+    taus = aggregate.profile_thresholds(matrices)
+    evals = [pd.DataFrame({"timesteps": [1, 2, 3], "mean_reward": row}) for row in rng.random((5, 3))]
+
+    def every_interval(seed=0):
+        return (
+            aggregate.interval_estimates(matrices, reps=200, seed=seed),
+            aggregate.probability_of_improvement(matrices, [("sd_ppo", "ppo")], reps=200, seed=seed),
+            aggregate.performance_profiles(matrices, taus, reps=200, seed=seed)[1]["ppo"].tolist(),
+            aggregate.learning_curve(evals, reps=200, seed=seed).low.tolist(),
+        )
+
+    np.random.seed(123)
+    expected_next_draw = np.random.random()
+    np.random.seed(123)
+    first, second = every_interval(), every_interval()
+    assert first == second
+    assert np.random.random() == expected_next_draw  # the caller's global NumPy stream is where it was
+    # Another seed gives another bootstrap, so the equality above is not vacuous.
+    other = every_interval(seed=1)
+    assert all(a != b for a, b in zip(first, other))
+
+
 def test_probability_of_improvement_of_identical_algorithms_is_one_half():
     rng = np.random.default_rng(1)
     scores = rng.normal(0.5, 0.2, size=(10, 2))

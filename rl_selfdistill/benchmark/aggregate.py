@@ -199,11 +199,23 @@ def _algo_matrix(
 
 
 @contextmanager
-def _quiet_arch() -> Iterator[None]:
-    """rliable passes arch the `random_state` it deprecates; the warning is about rliable, not the caller."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
-        yield
+def _seeded_rliable(seed: int) -> Iterator[None]:
+    """Make rliable's bootstrap reproducible without touching the caller's random state.
+
+    rliable 1.2 draws its resampling indices from NumPy's global RNG (`np.random.choice` in
+    `StratifiedBootstrap.update_indices`), so the `random_state` it takes does not fix the
+    intervals. The global RNG is therefore seeded for the call and restored afterwards.
+    rliable also passes arch the `random_state` argument arch deprecates; that warning is
+    about rliable, not the caller, and is silenced.
+    """
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+            yield
+    finally:
+        np.random.set_state(saved)
 
 
 def aggregate_metrics(scores: np.ndarray) -> np.ndarray:
@@ -222,7 +234,7 @@ def interval_estimates(
     matrices: dict[str, np.ndarray], reps: int = 2000, seed: int = 0
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{algo: {metric: {point, low, high}}} with stratified-bootstrap 95% CIs."""
-    with _quiet_arch():
+    with _seeded_rliable(seed):
         points, intervals = rly.get_interval_estimates(
             matrices,
             aggregate_metrics,
@@ -252,7 +264,7 @@ def probability_of_improvement(
     pair_scores = {f"{x},{y}": [matrices[x], matrices[y]] for x, y in pairs if x in matrices and y in matrices}
     if not pair_scores:
         return {}
-    with _quiet_arch():
+    with _seeded_rliable(seed):
         points, intervals = rly.get_interval_estimates(
             pair_scores,
             metrics.probability_of_improvement,
@@ -275,10 +287,10 @@ def profile_thresholds(matrices: dict[str, np.ndarray], n_points: int = 81) -> n
 
 
 def performance_profiles(
-    matrices: dict[str, np.ndarray], taus: np.ndarray, reps: int = 2000
+    matrices: dict[str, np.ndarray], taus: np.ndarray, reps: int = 2000, seed: int = 0
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Fraction of runs with normalised score > tau, with bootstrap CIs (rliable score distributions)."""
-    with _quiet_arch():
+    with _seeded_rliable(seed):
         return rly.create_performance_profile(matrices, taus, reps=reps, confidence_interval_size=CONFIDENCE)
 
 
@@ -306,7 +318,7 @@ def learning_curve(evals: list[pd.DataFrame], reps: int = 500, seed: int = 0) ->
     grid = grid[grid <= horizon]
     runs = np.stack([np.interp(grid, frame["timesteps"], frame["mean_reward"]) for frame in evals])
     # rliable wants (runs x tasks x points): a single task per env here.
-    with _quiet_arch():
+    with _seeded_rliable(seed):
         points, intervals = rly.get_interval_estimates(
             {"curve": runs[:, None, :]}, _iqm_per_point, reps=reps, random_state=np.random.RandomState(seed)
         )
