@@ -31,7 +31,8 @@ def plot_learning_curves(curves: dict[str, dict[str, Curve]], path: Path) -> Pat
     envs = sorted(curves)
     n_cols = min(3, len(envs))
     n_rows = math.ceil(len(envs) / n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5 * n_cols, 3.6 * n_rows), squeeze=False)
+    # Constrained layout keeps a panel's title clear of the x label of the panel above it.
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5 * n_cols, 3.6 * n_rows), squeeze=False, layout="constrained")
     colours = colours_for(sorted({algo for per_algo in curves.values() for algo in per_algo}))
     for ax, env in zip(axes.ravel(), envs):
         for algo, curve in sorted(curves[env].items()):
@@ -46,7 +47,7 @@ def plot_learning_curves(curves: dict[str, dict[str, Curve]], path: Path) -> Pat
     for ax in axes.ravel()[len(envs) :]:
         ax.set_visible(False)
     title = "Learning curves: IQM over seeds with 95% bootstrap CI (solid, band), mean (dashed)"
-    fig.suptitle(title, fontsize="medium", y=1.03)
+    fig.suptitle(title, fontsize="medium")
     return _save(fig, path)
 
 
