@@ -47,6 +47,8 @@ class Analysis:
     estimates: dict[str, dict[str, dict[str, float]]]
     improvement: dict[str, dict[str, float]]
     env_rows: list[dict[str, Any]]
+    # Each benchmark folder with its benchmark.json (None for a bare runs/ folder), read once.
+    benchmarks: list[tuple[Path, Manifest | None]]
 
     @property
     def scores(self) -> dict[str, np.ndarray]:
@@ -99,7 +101,7 @@ def analyse(
     pairs = aggregate.improvement_pairs(sorted(scores))
     improvement = aggregate.probability_of_improvement(scores, pairs, reps=reps)
     env_rows = aggregate.per_env_table(results, references)
-    return Analysis(results, references, groups, estimates, improvement, env_rows)
+    return Analysis(results, references, groups, estimates, improvement, env_rows, list(zip(folders, manifests)))
 
 
 def as_folders(outs: Path | Sequence[Path]) -> list[Path]:
@@ -161,9 +163,8 @@ def write_report(
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(analysis, report_dir / "figures", reps)
-    manifests = [(out, load_manifest(out)) for out in folders]
     command = command or shlex.join(["rl-selfdistill", "report", *map(str, folders)])
-    summary = build_summary(analysis, manifests, figures, report_dir, command)
+    summary = build_summary(analysis, figures, report_dir, command)
     summary_path = report_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     markdown_path = report_dir / "report.md"
@@ -203,18 +204,12 @@ def _curves(results: list[RunResult], reps: int) -> dict[str, dict[str, aggregat
     return curves
 
 
-def build_summary(
-    analysis: Analysis,
-    manifests: list[tuple[Path, Manifest | None]],
-    figures: dict[str, Path],
-    report_dir: Path,
-    command: str,
-) -> dict[str, Any]:
-    known = [manifest for _, manifest in manifests if manifest]
+def build_summary(analysis: Analysis, figures: dict[str, Path], report_dir: Path, command: str) -> dict[str, Any]:
+    known = [manifest for _, manifest in analysis.benchmarks if manifest]
     return {
         "benchmark_id": " + ".join(manifest.benchmark_id for manifest in known) or None,
-        "suite": _common_suite([manifest for _, manifest in manifests]),
-        "benchmarks": [_benchmark_entry(out, manifest, report_dir) for out, manifest in manifests],
+        "suite": _common_suite([manifest for _, manifest in analysis.benchmarks]),
+        "benchmarks": [_benchmark_entry(out, manifest, report_dir) for out, manifest in analysis.benchmarks],
         "score_definition": SCORE_DEFINITION,
         "comparisons": [
             {
