@@ -213,3 +213,15 @@ def test_unknown_algo_and_env():
         cfg.resolve_hyperparams("a2c", "CartPole-v1")
     with pytest.raises(UsageError, match="CartPole-v1"):
         cfg.resolve_hyperparams("ppo", "CartPole-v9")
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+def test_every_classic_suite_env_has_its_own_tuned_preset(algo):
+    """A suite benchmark must not silently train with SB3's untuned defaults (LunarLander once did)."""
+    from rl_selfdistill.benchmark.grid import incompatibility
+    from rl_selfdistill.envs.suites import load_suite
+
+    raw = yaml.safe_load(cfg.preset_path(algo).read_text())
+    env_ids = [env.env_id for env in load_suite("classic").envs if incompatibility(algo, env.env_id) is None]
+    assert "LunarLander-v3" in env_ids
+    assert [env_id for env_id in env_ids if env_id not in raw] == []
