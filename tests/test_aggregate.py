@@ -230,6 +230,29 @@ def test_a_cell_found_in_two_folders_is_refused(fake_benchmark, tmp_path, capsys
     assert not (tmp_path / "pooled").exists()
 
 
+def test_exclude_leaves_superseded_runs_out_and_lists_them(fake_benchmark, tmp_path, capsys):
+    # A rerun of EnvA in another folder supersedes fake_benchmark's EnvA runs: pooled, it counts in their place.
+    rerun = second_benchmark(tmp_path, env_id="EnvA-v0", seeds=(0, 1, 2))
+    superseded = fake_benchmark / "runs" / "ppo" / "EnvA-v0"
+    report_dir = tmp_path / "pooled"
+    command = ["report", str(fake_benchmark), str(rerun), "-o", str(report_dir), "--reps", "100"]
+    command += ["--exclude", str(superseded), str(fake_benchmark / "runs" / "sd_ppo" / "EnvA-v0")]
+    assert main(command) == 0
+    summary = json.loads((report_dir / "summary.json").read_text())
+    env_a = {row["algo"]: row["scores"] for row in summary["per_env"] if row["env_id"] == "EnvA-v0"}
+    assert env_a == {"ppo": pytest.approx([100.0, 101.0, 102.0]), "sd_ppo": pytest.approx([50.0, 51.0, 52.0])}
+    left_out = {item["what"]: item["reason"] for item in summary["excluded"] if "--exclude" in item["reason"]}
+    assert sorted(left_out) == sorted(
+        (superseded.parent.parent / a / "EnvA-v0" / f"seed{s}").as_posix() for a in ("ppo", "sd_ppo") for s in range(3)
+    )
+    assert left_out[(superseded / "seed0").as_posix()] == f"left out by --exclude {superseded.as_posix()}"
+    markdown = (report_dir / "report.md").read_text()
+    assert f"--exclude {superseded}" in markdown and f"`{(superseded / 'seed2').as_posix()}`: left out" in markdown
+    # A path that matches no run is a typo, not a silent no-op.
+    assert main([*command, str(fake_benchmark / "runs" / "ppo" / "EnvZ-v0")]) == 2
+    assert "matches no run" in capsys.readouterr().err
+
+
 def test_several_folders_need_a_report_folder(fake_benchmark, tmp_path, capsys):
     second = second_benchmark(tmp_path)
     assert main(["report", str(fake_benchmark), str(second)]) == 2

@@ -300,6 +300,14 @@ def _register_report(subparsers: Any) -> None:
     )
     parser.add_argument("--suite", default=None, help="suite whose reference scores normalise (default: the benchmark's)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
+    parser.add_argument(
+        "--exclude",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="leave out the runs under PATH (OUT/runs/ALGO[/ENV[/seedN]]), e.g. superseded ones; the report lists them",
+    )
     parser.set_defaults(func=run_report_command)
 
 
@@ -317,7 +325,15 @@ def run_report_command(args: argparse.Namespace) -> int:
     words += ["-o", str(args.output)] if args.output else []
     words += ["--suite", args.suite] if args.suite else []
     words += ["--reps", str(args.reps)] if args.reps != 2000 else []
-    files = write_report(args.outputs, suite=args.suite, reps=args.reps, command=shlex.join(words), report_dir=args.output)
+    words += ["--exclude", *map(str, args.exclude)] if args.exclude else []
+    files = write_report(
+        args.outputs,
+        suite=args.suite,
+        reps=args.reps,
+        command=shlex.join(words),
+        report_dir=args.output,
+        exclude=args.exclude,
+    )
     print(f"wrote {files.markdown}, {files.summary} and {len(files.figures)} figures")
     summary = json.loads(files.summary.read_text())
     if summary["excluded"]:

@@ -49,6 +49,8 @@ class Analysis:
     env_rows: list[dict[str, Any]]
     # Each benchmark folder with its benchmark.json (None for a bare runs/ folder), read once.
     benchmarks: list[tuple[Path, Manifest | None]]
+    # (run directory, reason) of the runs an --exclude path left out: listed, never dropped silently.
+    left_out: list[tuple[str, str]]
 
     @property
     def scores(self) -> dict[str, np.ndarray]:
@@ -56,7 +58,7 @@ class Analysis:
 
     @property
     def excluded(self) -> list[tuple[str, str]]:
-        return [item for group in self.groups for item in group.excluded]
+        return [item for group in self.groups for item in group.excluded] + self.left_out
 
 
 def load_references(suite: str | None, env_ids: list[str]) -> dict[str, Reference]:
@@ -87,12 +89,19 @@ def _has_reference(entry: Any) -> bool:
 
 
 def analyse(
-    outs: Path | Sequence[Path], references: dict[str, Reference] | None = None, suite: str | None = None, reps: int = 2000
+    outs: Path | Sequence[Path],
+    references: dict[str, Reference] | None = None,
+    suite: str | None = None,
+    reps: int = 2000,
+    exclude: Sequence[Path] = (),
 ) -> Analysis:
-    """Score every run of one benchmark folder, or of several pooled into one comparison."""
+    """Score every run of one benchmark folder, or of several pooled into one comparison.
+
+    Runs at or under an `exclude` path (e.g. `OUT/runs/ppo/Pendulum-v1`) are left out and listed as such.
+    """
     folders = as_folders(outs)
     manifests = [load_manifest(out) for out in folders]
-    results = _collect_all(folders, manifests)
+    results, left_out = _collect_all(folders, manifests, [Path(path) for path in exclude])
     if references is None:
         references = load_references(suite or _common_suite(manifests), sorted({r.env_id for r in results}))
     groups = aggregate.grouped_score_matrices(results, references)
@@ -101,16 +110,24 @@ def analyse(
     pairs = aggregate.improvement_pairs(sorted(scores))
     improvement = aggregate.probability_of_improvement(scores, pairs, reps=reps)
     env_rows = aggregate.per_env_table(results, references)
-    return Analysis(results, references, groups, estimates, improvement, env_rows, list(zip(folders, manifests)))
+    benchmarks = list(zip(folders, manifests))
+    return Analysis(results, references, groups, estimates, improvement, env_rows, benchmarks, left_out)
 
 
 def as_folders(outs: Path | Sequence[Path]) -> list[Path]:
     return [Path(outs)] if isinstance(outs, str | Path) else [Path(out) for out in outs]
 
 
-def _collect_all(folders: list[Path], manifests: list[Manifest | None]) -> list[RunResult]:
-    """The runs of every folder; a cell found in two folders would be counted twice, so it is refused."""
+def _collect_all(
+    folders: list[Path], manifests: list[Manifest | None], exclude: list[Path]
+) -> tuple[list[RunResult], list[tuple[str, str]]]:
+    """The runs of every folder, and the (run, reason) of those `exclude` leaves out.
+
+    A cell found in two folders would be counted twice, so it is refused unless one copy is excluded.
+    """
     results: list[RunResult] = []
+    left_out: list[tuple[str, str]] = []
+    used: set[Path] = set()
     origin: dict[str, Path] = {}
     for out, manifest in zip(folders, manifests):
         found = aggregate.collect_runs(out, manifest.specs() if manifest else [])
@@ -118,13 +135,27 @@ def _collect_all(folders: list[Path], manifests: list[Manifest | None]) -> list[
         if not found:
             raise UsageError(f"{out} holds no benchmark runs; run `rl-selfdistill benchmark -o {out} ...` first")
         for result in found:
+            rule = _excluding_path(result.run_dir, exclude)
+            if rule is not None:
+                used.add(rule)
+                left_out.append((result.run_dir.as_posix(), f"left out by --exclude {rule.as_posix()}"))
+                continue
             if result.label in origin:
                 raise UsageError(
                     f"{result.label} is in both {origin[result.label]} and {out}; report each cell from one folder only"
                 )
             origin[result.label] = out
-        results.extend(found)
-    return results
+            results.append(result)
+    unused = [path for path in exclude if path not in used]
+    if unused:
+        raise UsageError(f"--exclude {unused[0]} matches no run of these folders; give a path under OUT/runs/")
+    return results, left_out
+
+
+def _excluding_path(run_dir: Path, exclude: list[Path]) -> Path | None:
+    """The first `exclude` path that is `run_dir` or one of its parents."""
+    resolved = run_dir.resolve()
+    return next((path for path in exclude if resolved.is_relative_to(path.resolve())), None)
 
 
 def _attach_failures(results: list[RunResult], manifest: Manifest | None) -> None:
@@ -148,6 +179,7 @@ def write_report(
     reps: int = 2000,
     command: str | None = None,
     report_dir: Path | None = None,
+    exclude: Sequence[Path] = (),
 ) -> ReportFiles:
     """Analyse the benchmark folder(s); write summary.json, report.md and figures/*.png into `report_dir`.
 
@@ -159,7 +191,7 @@ def write_report(
         if len(folders) > 1:
             raise UsageError("a report over several benchmark folders needs -o DIR for its files")
         report_dir = folders[0]
-    analysis = analyse(folders, references, suite, reps)
+    analysis = analyse(folders, references, suite, reps, exclude)
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(analysis, report_dir / "figures", reps)
