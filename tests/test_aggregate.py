@@ -1,6 +1,9 @@
 """Aggregation and report on synthetic scores and synthetic run directories (no training)."""
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -286,3 +289,40 @@ def test_each_family_is_aggregated_over_the_envs_it_covers():
         (["ppo", "sd_ppo"], ["EnvA-v0", "EnvB-v0"]),
     ]
     assert groups[1].scores["ppo"] == pytest.approx(np.array([[0.5, 0.5], [0.505, 0.505]]))
+
+
+def test_publish_copies_the_results_without_models_and_regenerates_the_same_report(fake_benchmark, tmp_path, capsys):
+    run = fake_benchmark / "runs" / "ppo" / "EnvA-v0" / "seed0"
+    (run / "model.zip").write_bytes(b"weights")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "rl_model_500_steps.zip").write_bytes(b"weights")
+    (run / "config.yaml").write_text("algo: ppo\n")
+    published = tmp_path / "docs" / "bench"
+    assert main(["report", str(fake_benchmark), "--publish", str(published), "--reps", "100"]) == 0
+    assert sorted(path.name for path in (published / run.relative_to(fake_benchmark)).iterdir()) == [
+        "config.yaml",
+        "eval.csv",
+        "run.json",
+    ]
+    assert not list(published.rglob("*.zip")) and (published / "benchmark.json").is_file()
+    summary = json.loads((published / "summary.json").read_text())
+    assert summary["report_command"] == f"rl-selfdistill report {published} --reps 100"
+    # The copy alone gives the same per-run statuses and scores as the original folder.
+    assert main(["report", str(fake_benchmark), "--reps", "100"]) == 0
+    original = json.loads((fake_benchmark / "summary.json").read_text())
+    assert summary["runs"] == original["runs"] and summary["per_env"] == original["per_env"]
+    # Nothing already there is overwritten.
+    assert main(["report", str(fake_benchmark), "--publish", str(published), "--reps", "100"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["report", str(fake_benchmark), "--publish", str(tmp_path / "x"), "-o", str(tmp_path / "y")]) == 2
+
+
+def test_published_benchmark_runs_are_not_ignored_by_git():
+    """The committed docs/benchmarks/*/runs/ files are what lets a report be regenerated from a clone."""
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs a git checkout of the project")
+    probe = "docs/benchmarks/any-benchmark/runs/ppo/CartPole-v1/seed0/eval.csv"
+    check = subprocess.run(["git", "check-ignore", "-q", probe], cwd=root)
+    assert check.returncode == 1, f"git ignores {probe}"
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/ppo/CartPole-v1/seed0/eval.csv"], cwd=root).returncode == 0

@@ -308,6 +308,14 @@ def _register_report(subparsers: Any) -> None:
         metavar="PATH",
         help="leave out the runs under PATH (OUT/runs/ALGO[/ENV[/seedN]]), e.g. superseded ones; the report lists them",
     )
+    parser.add_argument(
+        "--publish",
+        type=Path,
+        default=None,
+        metavar="DEST",
+        help="copy OUT's benchmark.json and each run's run.json, eval.csv, progress.csv, config.yaml and command.txt "
+        "(no models) to the new folder DEST and report there: DEST can be committed and regenerates its own report",
+    )
     parser.set_defaults(func=run_report_command)
 
 
@@ -321,6 +329,8 @@ def run_report_command(args: argparse.Namespace) -> int:
         raise UsageError("a benchmark folder is named twice; name each once")
     if args.reps < 100:
         raise UsageError(f"--reps {args.reps} is too few for a 95% interval; use at least 100")
+    if args.publish is not None:
+        args.outputs = [_published(args)]
     words = ["rl-selfdistill", "report", *map(str, args.outputs)]
     words += ["-o", str(args.output)] if args.output else []
     words += ["--suite", args.suite] if args.suite else []
@@ -339,6 +349,17 @@ def run_report_command(args: argparse.Namespace) -> int:
     if summary["excluded"]:
         print(f"{len(summary['excluded'])} runs/envs left out of the aggregate: see 'Left out of the aggregate' in report.md")
     return 0
+
+
+def _published(args: argparse.Namespace) -> Path:
+    """Copy the one benchmark folder to --publish DEST, which the report then reads (and so records as its input)."""
+    from rl_selfdistill.benchmark.publish import publish_results
+
+    if len(args.outputs) > 1 or args.output is not None or args.exclude:
+        raise UsageError("--publish DEST copies one benchmark folder and reports in DEST; drop -o, --exclude and other OUTs")
+    copied = publish_results(args.outputs[0], args.publish)
+    print(f"copied {len(copied)} files to {args.publish}")
+    return args.publish
 
 
 # --------------------------------------------------------------------------- throughput
