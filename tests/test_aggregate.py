@@ -317,6 +317,23 @@ def test_publish_copies_the_results_without_models_and_regenerates_the_same_repo
     assert main(["report", str(fake_benchmark), "--publish", str(tmp_path / "x"), "-o", str(tmp_path / "y")]) == 2
 
 
+def test_publish_copies_runs_of_env_ids_with_a_namespace(tmp_path):
+    """ALE/Breakout-v5 puts its run folders one level deeper (runs/ppo/ALE/Breakout-v5/seed0)."""
+    out = tmp_path / "bench"
+    env_id = "ALE/Breakout-v5"
+    save_manifest(out, Manifest("atari", None, [EnvBudget(env_id, 1000)], ["ppo", "sd_ppo"], [0], {}, None, "now"))
+    for algo in ("ppo", "sd_ppo"):
+        write_fake_run(out, algo, env_id, 0, np.full(10, 7.0))
+    published = tmp_path / "published"
+    assert main(["report", str(out), "--publish", str(published), "--reps", "100"]) == 0
+    assert (published / "runs" / "ppo" / "ALE" / "Breakout-v5" / "seed0" / "eval.csv").is_file()
+    runs = json.loads((published / "summary.json").read_text())["runs"]
+    assert [(run["algo"], run["status"], run["score"]) for run in runs] == [
+        ("ppo", "finished", 7.0),
+        ("sd_ppo", "finished", 7.0),
+    ]
+
+
 def test_published_benchmark_runs_are_not_ignored_by_git():
     """The committed docs/benchmarks/*/runs/ files are what lets a report be regenerated from a clone."""
     root = Path(__file__).resolve().parent.parent

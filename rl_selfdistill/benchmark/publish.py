@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from rl_selfdistill.benchmark.grid import MANIFEST_NAME, RUN_INFO_NAME
+from rl_selfdistill.benchmark.grid import MANIFEST_NAME, RUN_INFO_NAME, load_manifest
 from rl_selfdistill.errors import UsageError
 
 # What the report reads (run.json, eval.csv), and what a reader needs to see how a run was made
@@ -21,14 +21,18 @@ PUBLISHED_RUN_FILES = (RUN_INFO_NAME, "eval.csv", "progress.csv", "config.yaml",
 def publish_results(out: Path, dest: Path) -> list[Path]:
     """Copy `out`'s benchmark.json and each run's PUBLISHED_RUN_FILES to `dest`; return the copied files."""
     out, dest = Path(out), Path(dest)
-    if not (out / MANIFEST_NAME).is_file():
+    manifest = load_manifest(out)
+    if manifest is None:
         raise UsageError(f"{out} has no {MANIFEST_NAME}; --publish copies a folder written by `rl-selfdistill benchmark`")
     if dest.exists() and any(dest.iterdir()):
         raise UsageError(f"--publish folder {dest} is not empty; choose a new folder (nothing there is overwritten)")
     if dest.resolve().is_relative_to(out.resolve()):
         raise UsageError(f"--publish folder {dest} is inside the benchmark folder {out}; choose one outside it")
     copied = [_copy(out / MANIFEST_NAME, dest / MANIFEST_NAME)]
-    for run_dir in sorted(path for path in out.glob("runs/*/*/seed*") if path.is_dir()):
+    # The grid names the run folders: a glob cannot, since env ids such as ALE/Breakout-v5 nest a level deeper.
+    for run_dir in (spec.run_dir(out) for spec in manifest.specs()):
+        if not run_dir.is_dir():
+            continue
         # Made even when empty: a run killed before writing anything stays "interrupted", not "never started".
         (dest / run_dir.relative_to(out)).mkdir(parents=True, exist_ok=True)
         for name in PUBLISHED_RUN_FILES:
