@@ -324,13 +324,15 @@ def test_publish_copies_runs_of_env_ids_with_a_namespace(tmp_path):
     save_manifest(out, Manifest("atari", None, [EnvBudget(env_id, 1000)], ["ppo", "sd_ppo"], [0], {}, None, "now"))
     for algo in ("ppo", "sd_ppo"):
         write_fake_run(out, algo, env_id, 0, np.full(10, 7.0))
+    write_fake_run(out, "ppo", env_id, 1, np.full(10, 8.0))  # on disk, not in the grid: reported and published too
     published = tmp_path / "published"
     assert main(["report", str(out), "--publish", str(published), "--reps", "100"]) == 0
     assert (published / "runs" / "ppo" / "ALE" / "Breakout-v5" / "seed0" / "eval.csv").is_file()
     runs = json.loads((published / "summary.json").read_text())["runs"]
-    assert [(run["algo"], run["status"], run["score"]) for run in runs] == [
-        ("ppo", "finished", 7.0),
-        ("sd_ppo", "finished", 7.0),
+    assert [(run["algo"], run["env_id"], run["seed"], run["status"], run["score"]) for run in runs] == [
+        ("ppo", env_id, 0, "finished", 7.0),
+        ("sd_ppo", env_id, 0, "finished", 7.0),
+        ("ppo", env_id, 1, "finished", 8.0),
     ]
 
 

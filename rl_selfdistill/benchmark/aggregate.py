@@ -121,24 +121,35 @@ def _score_or_problem(result: RunResult) -> tuple[float | None, str | None]:
     return score, None
 
 
+# Gymnasium env ids have at most one namespace ("ALE/Breakout-v5"), so a run folder
+# OUT/runs/<algo>/<env_id>/seed<N> sits three or four levels under OUT/runs.
+RUN_DIR_PATTERNS = ("runs/*/*/seed*", "runs/*/*/*/seed*")
+
+
 def discover_specs(out: Path) -> list[RunSpec]:
     """Cells present on disk under OUT/runs/<algo>/<env_id>/seed<N>, for runs not in the manifest."""
+    runs_root = Path(out) / "runs"
     specs = []
-    for seed_dir in sorted(Path(out).glob("runs/*/*/seed*")):
+    for seed_dir in sorted(path for pattern in RUN_DIR_PATTERNS for path in Path(out).glob(pattern)):
         suffix = seed_dir.name[len("seed") :]
         if not (seed_dir.is_dir() and suffix.isdigit()):
             continue
         info = read_run_info(seed_dir) or {}
-        algo, env_id = seed_dir.parent.parent.name, seed_dir.parent.name
-        specs.append(RunSpec(algo, env_id, int(suffix), int(info.get("n_timesteps") or 0)))
+        algo, *env_parts, _ = seed_dir.relative_to(runs_root).parts
+        specs.append(RunSpec(algo, "/".join(env_parts), int(suffix), int(info.get("n_timesteps") or 0)))
     return specs
 
 
-def collect_runs(out: Path, expected: list[RunSpec]) -> list[RunResult]:
+def specs_with_runs_on_disk(out: Path, expected: list[RunSpec]) -> list[RunSpec]:
     """Every expected cell plus any other run found on disk, each once."""
     seen = {(spec.algo, spec.env_id, spec.seed) for spec in expected}
     extra = [spec for spec in discover_specs(out) if (spec.algo, spec.env_id, spec.seed) not in seen]
-    return [load_run(out, spec) for spec in [*expected, *extra]]
+    return [*expected, *extra]
+
+
+def collect_runs(out: Path, expected: list[RunSpec]) -> list[RunResult]:
+    """The loaded, scored runs of `specs_with_runs_on_disk`."""
+    return [load_run(out, spec) for spec in specs_with_runs_on_disk(out, expected)]
 
 
 def score_matrices(results: list[RunResult], references: dict[str, Reference]) -> ScoreMatrices:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from rl_selfdistill.benchmark.aggregate import specs_with_runs_on_disk
 from rl_selfdistill.benchmark.grid import MANIFEST_NAME, RUN_INFO_NAME, load_manifest
 from rl_selfdistill.errors import UsageError
 
@@ -29,8 +30,8 @@ def publish_results(out: Path, dest: Path) -> list[Path]:
     if dest.resolve().is_relative_to(out.resolve()):
         raise UsageError(f"--publish folder {dest} is inside the benchmark folder {out}; choose one outside it")
     copied = [_copy(out / MANIFEST_NAME, dest / MANIFEST_NAME)]
-    # The grid names the run folders: a glob cannot, since env ids such as ALE/Breakout-v5 nest a level deeper.
-    for run_dir in (spec.run_dir(out) for spec in manifest.specs()):
+    # The runs the report reads: the grid's cells and any other run found on disk.
+    for run_dir in (spec.run_dir(out) for spec in specs_with_runs_on_disk(out, manifest.specs())):
         if not run_dir.is_dir():
             continue
         # Made even when empty: a run killed before writing anything stays "interrupted", not "never started".
