@@ -1,6 +1,24 @@
-"""Self-distilling SB3 algorithms."""
+"""Self-distilling SB3 algorithms, and the registry of every algorithm name (``algos.registry``).
 
-from rl_selfdistill.algos.dqn import SelfDistillDQN
-from rl_selfdistill.algos.ppo import SelfDistillPPO
+The classes are imported lazily: the registry is read on the CLI's fast path, which must
+not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rl_selfdistill.algos.dqn import SelfDistillDQN
+    from rl_selfdistill.algos.ppo import SelfDistillPPO
 
 __all__ = ["SelfDistillDQN", "SelfDistillPPO"]
+
+_LAZY = {"SelfDistillPPO": "rl_selfdistill.algos.ppo", "SelfDistillDQN": "rl_selfdistill.algos.dqn"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rl_selfdistill.algos' has no attribute {name!r}")

@@ -1,0 +1,145 @@
+"""The one list of algorithm names the toolkit knows.
+
+Every other module asks this registry: which class a name trains, which plain algorithm a
+self-distilling one is compared against, whether it needs a discrete action space, which
+preset file it reads, how it trains (on-policy rollouts or a replay buffer) and its plot
+colour. Adding an algorithm is one `register(AlgoEntry(...))` call, a class and a preset.
+
+Classes are named by import path and imported only when asked for, so that looking a name
+up (the CLI's fast error path, config validation) never imports torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from typing import Literal
+
+from rl_selfdistill.errors import UsageError
+
+Training = Literal["on_policy", "off_policy"]
+
+
+@dataclass(frozen=True)
+class AlgoEntry:
+    """What the toolkit needs to know about one algorithm name.
+
+    :param name: the name users type (``--algo``, benchmark grids, run folders).
+    :param class_path: ``"module:Class"`` of the SB3 (or SB3-compatible) algorithm class.
+    :param base: for a self-distilling algorithm, the name of the plain algorithm it extends
+        (its comparison partner in reports); None for a plain algorithm.
+    :param training: ``on_policy`` (rollout buffer, like PPO) or ``off_policy`` (replay buffer, like DQN).
+    :param discrete_only: True when the algorithm needs a Discrete action space.
+    :param colour: matplotlib colour of its curves and intervals.
+    :param preset: name of its preset file in ``agents/`` (default: the algorithm's name).
+    :param extra: the pip extra that provides its dependencies, named in the error when it is missing.
+    """
+
+    name: str
+    class_path: str
+    base: str | None = None
+    training: Training = "on_policy"
+    discrete_only: bool = False
+    colour: str | None = None
+    preset: str | None = None
+    extra: str | None = None
+
+    @property
+    def is_distilling(self) -> bool:
+        return self.base is not None
+
+    @property
+    def base_name(self) -> str:
+        """The plain algorithm this one is compared with (itself for a plain algorithm)."""
+        return self.base or self.name
+
+    @property
+    def preset_name(self) -> str:
+        return self.preset or self.name
+
+    def load_class(self) -> type:
+        module_name, _, class_name = self.class_path.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if self.extra is None or not module_name.startswith(str(error.name)):
+                raise
+            raise UsageError(
+                f"{self.name} needs the {error.name!r} package; pip install 'rl-selfdistill[{self.extra}]'"
+            ) from None
+        return getattr(module, class_name)
+
+
+_REGISTRY: dict[str, AlgoEntry] = {}
+
+
+def register(entry: AlgoEntry) -> AlgoEntry:
+    """Add an algorithm (a plugin's, or a test's). A name can be registered once; its base must exist."""
+    if entry.name in _REGISTRY and _REGISTRY[entry.name] != entry:
+        raise ValueError(f"algorithm {entry.name!r} is already registered")
+    if entry.base is not None and entry.base not in _REGISTRY:
+        raise ValueError(f"algorithm {entry.name!r}: its base {entry.base!r} is not registered")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def unregister(name: str) -> None:
+    """Remove a name registered by a plugin or a test; the built-in algorithms stay."""
+    if name in BUILT_IN:
+        raise ValueError(f"{name!r} is built in and cannot be unregistered")
+    _REGISTRY.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    """Every registered name, in registration order (the order `--help` and reports list them)."""
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> AlgoEntry:
+    """The entry of `name`; an unknown name is a one-line UsageError with the closest match."""
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"unknown algorithm {name!r}{hint}; choose one of {', '.join(_REGISTRY)}")
+    return entry
+
+
+def algo_class(name: str) -> type:
+    return get(name).load_class()
+
+
+def base_name(name: str) -> str:
+    return get(name).base_name
+
+
+def is_distilling(name: str) -> bool:
+    return get(name).is_distilling
+
+
+def comparison_pairs(algos: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """(distilling, base) pairs among `algos` whose base is also among them, in the order given."""
+    chosen = set(algos)
+    return [(name, get(name).base_name) for name in algos if is_distilling(name) and get(name).base_name in chosen]
+
+
+def colour(name: str) -> str | None:
+    return _REGISTRY[name].colour if name in _REGISTRY else None
+
+
+BUILT_IN: tuple[AlgoEntry, ...] = (
+    AlgoEntry("ppo", "stable_baselines3:PPO", colour="#1f77b4"),
+    AlgoEntry("sd_ppo", "rl_selfdistill.algos.ppo:SelfDistillPPO", base="ppo", colour="#ff7f0e"),
+    AlgoEntry("dqn", "stable_baselines3:DQN", training="off_policy", discrete_only=True, colour="#2ca02c"),
+    AlgoEntry(
+        "sd_dqn",
+        "rl_selfdistill.algos.dqn:SelfDistillDQN",
+        base="dqn",
+        training="off_policy",
+        discrete_only=True,
+        colour="#d62728",
+    ),
+)
+for _entry in BUILT_IN:
+    register(_entry)
