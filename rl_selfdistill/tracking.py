@@ -3,14 +3,16 @@
 W&B is on by default and never blocks training: `auto` mode goes online only when an
 API key is configured, and an online start that fails or hangs falls back to an offline
 run (uploadable later with `wandb sync`) after at most ~20 s, with one warning line.
+
+W&B and TensorBoard are optional (the `track` extra): the algorithms are a library first,
+and a run without them still writes progress.csv. Without tensorboard there are no `tb/`
+event files; without wandb, W&B is off and one warning line says how to install it.
 """
 
 from __future__ import annotations
 
-import json
 import netrc
 import os
-import struct
 import sys
 import time
 import warnings
@@ -20,6 +22,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+from stable_baselines3.common import logger as sb3_logger
 from stable_baselines3.common.logger import (
     CSVOutputFormat,
     HumanOutputFormat,
@@ -36,6 +39,7 @@ from rl_selfdistill.errors import UsageError
 # Seconds an online wandb.init may take before we give up on it; leaves room under the 30 s promise.
 ONLINE_INIT_TIMEOUT_S = 20.0
 STEP_METRIC = "global_step"
+TRACK_EXTRA = "pip install 'rl-selfdistill[track]'"
 
 
 # ----------------------------------------------------------------------------- SB3 logger outputs
@@ -126,12 +130,19 @@ def make_logger(run_dir: Path, wandb_run: Any | None, *, stdout: bool, resume: b
     """SB3 logger writing progress.csv, TensorBoard events (run_dir/tb), optionally stdout, and W&B."""
     csv_path = run_dir / "progress.csv"
     csv_format = AppendingCSVOutputFormat(str(csv_path)) if resume else CSVOutputFormat(str(csv_path))
-    formats: list[KVWriter] = [csv_format, TensorBoardOutputFormat(str(run_dir / "tb"))]
+    formats: list[KVWriter] = [csv_format]
+    if tensorboard_available():
+        formats.append(TensorBoardOutputFormat(str(run_dir / "tb")))
     if stdout:
         formats.append(HumanOutputFormat(sys.stdout))
     if wandb_run is not None:
         formats.append(WandbOutputFormat(wandb_run))
     return Logger(folder=str(run_dir), output_formats=formats)
+
+
+def tensorboard_available() -> bool:
+    """Whether SB3 could import TensorBoard's SummaryWriter (it tries once, when its logger module loads)."""
+    return sb3_logger.SummaryWriter is not None
 
 
 # ----------------------------------------------------------------------------- W&B run
@@ -152,7 +163,7 @@ def has_wandb_credentials() -> bool:
 
 def resolve_wandb_mode(mode: str) -> str:
     if mode not in WANDB_MODES:
-        raise UsageError(f"unknown --wandb-mode {mode!r}; choose one of {', '.join(WANDB_MODES)}")
+        raise UsageError(f"unknown W&B mode {mode!r}; choose one of {', '.join(WANDB_MODES)}")
     if os.environ.get("WANDB_MODE") in ("offline", "disabled", "online") and mode == "auto":
         return os.environ["WANDB_MODE"]
     if mode == "auto":
@@ -172,11 +183,20 @@ def init_wandb(
     config: Mapping[str, Any],
     run_id: str | None = None,
 ) -> Any | None:
-    """Start (or resume, when `run_id` is given) the W&B run; None when disabled. Never raises for network trouble."""
+    """Start (or resume, when `run_id` is given) the W&B run; None when disabled or wandb is not installed.
+
+    Never raises for network trouble.
+    """
     resolved = resolve_wandb_mode(mode)
     if resolved == "disabled":
         return None
-    import wandb
+    try:
+        import wandb
+    except ModuleNotFoundError as error:
+        if error.name != "wandb":
+            raise  # wandb is there but broken: say so, rather than pretend it is missing
+        print(f"warning: wandb is not installed, so W&B logging is off; {TRACK_EXTRA} to turn it on", file=sys.stderr)
+        return None
 
     kwargs: dict[str, Any] = {
         "project": project,
@@ -249,94 +269,3 @@ def finish_wandb(run: Any | None, *, exit_code: int = 0) -> None:
 
         run.finish(exit_code=exit_code)
         wandb.teardown()
-
-
-# ----------------------------------------------------------------------------- reading offline runs back
-
-
-_LOG_BLOCK = 32 * 1024
-_LOG_HEADER = 7  # crc32 (4) + length (2) + type (1), LevelDB log format
-_FILE_HEADER = 7  # ":W&B" + magic (2) + version (1)
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-
-
-def _wandb_records(path: Path) -> list[bytes]:
-    """Raw protobuf records of a `run-<id>.wandb` file (LevelDB log framing, as written by wandb)."""
-    data = path.read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B transaction log")
-    records: list[bytes] = []
-    pending = b""
-    offset = _FILE_HEADER
-    while offset + _LOG_HEADER <= len(data):
-        space = _LOG_BLOCK - offset % _LOG_BLOCK
-        if space < _LOG_HEADER:  # block trailer padding
-            offset += space
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[offset : offset + _LOG_HEADER])
-        payload = data[offset + _LOG_HEADER : offset + _LOG_HEADER + length]
-        offset += _LOG_HEADER + length
-        if kind == _FULL:
-            records.append(payload)
-        elif kind == _FIRST:
-            pending = payload
-        elif kind == _MIDDLE:
-            pending += payload
-        elif kind == _LAST:
-            records.append(pending + payload)
-            pending = b""
-        else:
-            break  # zero fill at the end of a file cut short
-    return records
-
-
-def _records(path: Path, kind: str) -> list[Any]:
-    from wandb.proto import wandb_internal_pb2
-
-    found = []
-    for file in sorted(Path(path).rglob("run-*.wandb")):
-        for raw in _wandb_records(file):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(raw)
-            if record.WhichOneof("record_type") == kind:
-                found.append(getattr(record, kind))
-    return found
-
-
-def _items(items: Any) -> dict[str, Any]:
-    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) if item.value_json else None for item in items}
-
-
-def read_wandb_config(path: Path) -> dict[str, Any]:
-    """The run config (merged updates) of every `run-*.wandb` file under `path`."""
-    config: dict[str, Any] = {}
-    for record in _records(path, "run"):  # wandb.init(config=...) travels in the run record
-        config.update(_items(record.config.update))
-    for record in _records(path, "config"):  # later run.config updates
-        config.update(_items(record.update))
-    return config
-
-
-def read_wandb_run(path: Path) -> dict[str, Any]:
-    """Identity of the run stored under `path`: id, project, group, tags (from its first run record)."""
-    records = _records(path, "run")
-    if not records:
-        raise ValueError(f"no W&B run record under {path}")
-    run = records[0]
-    return {"id": run.run_id, "project": run.project, "group": run.run_group, "tags": list(run.tags)}
-
-
-def read_wandb_artifacts(path: Path) -> list[dict[str, Any]]:
-    """Artifacts logged by the run(s) under `path`: name, type and the files they hold."""
-    return [
-        {"name": artifact.name, "type": artifact.type, "files": [entry.path for entry in artifact.manifest.contents]}
-        for artifact in _records(path, "artifact")
-    ]
-
-
-def read_wandb_history(path: Path) -> list[dict[str, Any]]:
-    """History rows (dicts of logged values) of every `run-*.wandb` file under `path`, in file order.
-
-    Reads what an offline (or online) run wrote to disk, without a server.
-    """
-    return [_items(record.item) for record in _records(path, "history")]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import cli_command
 
 _WANDB_VARIABLES = ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_RUN_ID", "NETRC")
 
@@ -25,12 +26,6 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.setenv(name, str(home / name.lower()))
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     return home
-
-
-def cli_command() -> list[str]:
-    """The installed console script when present (what users run), else the module entry point."""
-    script = Path(sys.executable).with_name("rl-selfdistill")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "rl_selfdistill.cli"]
 
 
 @pytest.fixture

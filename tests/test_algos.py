@@ -6,26 +6,11 @@ from stable_baselines3 import DQN, PPO
 
 from rl_selfdistill import SelfDistillDQN, SelfDistillPPO
 from rl_selfdistill.errors import UsageError
-
-PPO_TINY = {"n_steps": 64, "batch_size": 32, "n_epochs": 2, "device": "cpu", "policy_kwargs": {"net_arch": [32, 32]}}
-DQN_TINY = {
-    "learning_starts": 100,
-    "train_freq": 4,
-    "target_update_interval": 100,
-    "buffer_size": 5_000,
-    "device": "cpu",
-    "policy_kwargs": {"net_arch": [32, 32]},
-}
+from tests.helpers import DQN_TINY, PPO_TINY, assert_same_parameters
 
 
 def flat_params(module: th.nn.Module) -> th.Tensor:
     return th.cat([p.detach().flatten() for p in module.parameters()])
-
-
-def assert_same_parameters(a: th.nn.Module, b: th.nn.Module) -> None:
-    for (name_a, pa), (name_b, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
-        assert name_a == name_b
-        assert th.equal(pa, pb), name_a
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])

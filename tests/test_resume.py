@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import cli_command
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rl_selfdistill.train import (
@@ -28,6 +27,7 @@ from rl_selfdistill.train import (
     resume_training,
     run_training,
 )
+from tests.helpers import cli_command
 
 CHECKPOINT_STEP = 512
 SMALL_NET = {"net_arch": [32, 32]}

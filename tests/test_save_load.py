@@ -4,7 +4,7 @@ import pytest
 import torch as th
 
 from rl_selfdistill import SelfDistillDQN, SelfDistillPPO
-from tests.test_algos import DQN_TINY, PPO_TINY, assert_same_parameters
+from tests.helpers import DQN_TINY, PPO_TINY, assert_same_parameters
 
 
 @pytest.mark.parametrize("teacher_mode", ["snapshot", "ema", "ensemble"])

@@ -9,7 +9,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
 
 from rl_selfdistill import SelfDistillDQN, SelfDistillPPO
-from tests.test_algos import DQN_TINY, PPO_TINY, assert_same_parameters
+from tests.helpers import DQN_TINY, PPO_TINY, assert_same_parameters
 
 
 class CountingCallback(BaseCallback):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ from stable_baselines3.common.logger import CSVOutputFormat, Logger
 
 from rl_selfdistill import tracking
 from rl_selfdistill.errors import UsageError
+from tests.helpers import read_wandb_config, read_wandb_history
 
 
 def test_every_logger_key_reaches_wandb_with_the_env_step(isolated_home: Path, tmp_path: Path):
@@ -36,11 +40,11 @@ def test_every_logger_key_reaches_wandb_with_the_env_step(isolated_home: Path, t
     logger.dump(step=128)  # a resumed run logs smaller steps again: the custom step axis accepts them
     tracking.finish_wandb(run)
 
-    rows = [row for row in tracking.read_wandb_history(tmp_path) if "distill/kl" in row]
+    rows = [row for row in read_wandb_history(tmp_path) if "distill/kl" in row]
     assert [(row["global_step"], row["distill/kl"]) for row in rows] == [(256, 0.256), (512, 0.512), (128, 0.1)]
     assert rows[0]["rollout/ep_rew_mean"] == 20.5 and rows[0]["time/iterations"] == 2
     assert not any("train/only_csv" in row for row in rows)
-    config = tracking.read_wandb_config(tmp_path)
+    config = read_wandb_config(tmp_path)
     assert config["hyperparams"] == {"n_steps": 32} and config["git_commit"] == "abc"
 
 
@@ -97,7 +101,7 @@ def test_reader_rejects_other_files(tmp_path: Path):
     bogus = tmp_path / "run-x.wandb"
     bogus.write_bytes(b"not a log")
     with pytest.raises(ValueError, match="not a W&B transaction log"):
-        tracking.read_wandb_history(tmp_path)
+        read_wandb_history(tmp_path)
 
 
 def test_describe_offline_run_tells_how_to_sync(isolated_home: Path, tmp_path: Path):
@@ -110,3 +114,58 @@ def test_describe_offline_run_tells_how_to_sync(isolated_home: Path, tmp_path: P
         tracking.finish_wandb(run)
     assert "offline" in text and "wandb sync" in text and str(tmp_path) in text
     assert "\n" not in text
+
+
+# A real import failure, not a mock: a meta-path finder installed before anything else is imported makes
+# `import wandb` / `import tensorboard` raise ModuleNotFoundError, exactly as when the package is not installed.
+_BLOCKING_PRELUDE = """
+import sys
+
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NotInstalled())
+from rl_selfdistill.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_training_without_the_track_extra_writes_progress_csv(isolated_home: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    argv = ["train", "--algo", "ppo", "--env", "CartPole-v1", "-n", "256", "--seed", "0", "--run-dir", str(run_dir)]
+    argv += ["--wandb-mode", "offline", "--eval-freq", "0", "--save-freq", "0", "--device", "cpu"]
+    result = subprocess.run(
+        [sys.executable, "-c", _BLOCKING_PRELUDE.format(blocked={"wandb", "tensorboard"}), *argv],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if "wandb is not installed" in line]
+    assert len(warnings) == 1 and "pip install 'rl-selfdistill[track]'" in warnings[0]
+    with open(run_dir / "progress.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and int(rows[-1]["time/total_timesteps"]) >= 256
+    assert not (run_dir / "tb").exists() and not (run_dir / "wandb").exists()
+
+
+def test_without_tensorboard_the_logger_writes_csv_only(tmp_path: Path):
+    prelude = _BLOCKING_PRELUDE.format(blocked={"tensorboard"}).split("from rl_selfdistill.cli")[0]
+    script = prelude + (
+        "from pathlib import Path\n"
+        "from rl_selfdistill import tracking\n"
+        f"logger = tracking.make_logger(Path({str(tmp_path)!r}), None, stdout=False, resume=False)\n"
+        "logger.record('a', 1.0)\n"
+        "logger.dump(1)\n"
+        "print(tracking.tensorboard_available(), [type(f).__name__ for f in logger.output_formats])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "False ['CSVOutputFormat']"
+    assert (tmp_path / "progress.csv").read_text() == "a\n1.0\n" and not (tmp_path / "tb").exists()
+    assert tracking.tensorboard_available()  # this interpreter has it: the block above is what turned it off

@@ -14,10 +14,9 @@ from pathlib import Path
 import imageio.v2 as imageio
 import pytest
 import yaml
-from conftest import cli_command
 
-from rl_selfdistill.tracking import read_wandb_artifacts, read_wandb_config, read_wandb_history, read_wandb_run
 from rl_selfdistill.train import allocate_run_dir, list_checkpoints
+from tests.helpers import cli_command, read_wandb_artifacts, read_wandb_config, read_wandb_history, read_wandb_run
 
 Runner = Callable[..., subprocess.CompletedProcess]
 # Small, fast settings for runs whose learning does not matter.
