@@ -10,22 +10,18 @@ python scripts/env_speed.py threads ALE/Pong-v5 --backend subproc --threads 1 2
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
-from rl_selfdistill.envs import speed
-
-
-def _is_atari(env_id: str) -> bool:
-    return env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4")
+from rl_selfdistill.benchmark import throughput
+from rl_selfdistill.envs import resolve, speed
 
 
 def _ppo_kwargs(env_id: str) -> dict:
-    return speed.ATARI_PPO_KWARGS if _is_atari(env_id) else speed.MUJOCO_PPO_KWARGS
+    return throughput.ATARI_PPO_KWARGS if resolve(env_id).family == "atari" else throughput.MUJOCO_PPO_KWARGS
 
 
 def random_scores(args: argparse.Namespace) -> None:
@@ -40,17 +36,18 @@ def random_scores(args: argparse.Namespace) -> None:
 
 
 def _interleaved(name: str, runs: dict[str, Callable[[], float]], repeats: int) -> None:
-    """Round-robin over the variants `repeats` times; print per-variant runs, medians and ratios to the first."""
-    results: dict[str, list[float]] = {k: [] for k in runs}
-    for _, (key, run) in itertools.product(range(repeats), runs.items()):
-        results[key].append(run())
-        print(f"  {name} {key}: {results[key][-1]:.0f} steps/s", flush=True)
-    base = statistics.median(results[next(iter(runs))])
+    """Round-robin over the variants `repeats` times; print each run, then medians and ratios to the first variant."""
+
+    def report(key: str, _round: int, value: float) -> None:
+        print(f"  {name} {key}: {value:.0f} steps/s", flush=True)
+
+    results = throughput.alternate(runs, repeats, report)
+    first = next(iter(results))
     for key, values in results.items():
-        med = statistics.median(values)
+        ratio = statistics.median(values) / statistics.median(results[first])
         print(
-            f"{name} {key}: median {med:.0f} steps/s over {[round(v) for v in values]}, ratio to "
-            f"{next(iter(runs))} {med / base:.2f}",
+            f"{name} {key}: median {statistics.median(values):.0f} steps/s over {[round(v) for v in values]}, ratio to "
+            f"{first} {ratio:.2f} (median per-round ratio {throughput.median_paired_ratio(results[first], values):.2f})",
             flush=True,
         )
 
@@ -64,7 +61,9 @@ def collect(args: argparse.Namespace) -> None:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     runs = {
-        b: (lambda b=b: speed.collection_fps(args.env_id, b, args.n_envs, args.steps, ppo_kwargs=_ppo_kwargs(args.env_id)))
+        b: (
+            lambda b=b: throughput.collection_fps(args.env_id, b, args.n_envs, args.steps, ppo_kwargs=_ppo_kwargs(args.env_id))
+        )
         for b in args.backends
     }
     _interleaved(f"collect {args.env_id} x{args.n_envs}", runs, args.repeats)
@@ -72,7 +71,7 @@ def collect(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> None:
     def run(backend: str) -> Callable[[], float]:
-        return lambda: speed.training_fps(
+        return lambda: throughput.training_fps(
             args.env_id,
             backend,
             args.n_envs,
@@ -81,14 +80,14 @@ def train(args: argparse.Namespace) -> None:
             torch_threads=args.torch_threads,
         )
 
-    result = speed.paired(args.a, run(args.a), args.b, run(args.b), repeats=args.repeats)
-    print(f"train {args.env_id} x{args.n_envs} ({args.timesteps} steps): {result}", flush=True)
+    runs = {args.a: run(args.a), args.b: run(args.b)}
+    _interleaved(f"train {args.env_id} x{args.n_envs} ({args.timesteps} steps)", runs, args.repeats)
 
 
 def threads(args: argparse.Namespace) -> None:
     runs = {
         f"threads={n}": (
-            lambda n=n: speed.training_fps(
+            lambda n=n: throughput.training_fps(
                 args.env_id, args.backend, args.n_envs, args.timesteps, ppo_kwargs=_ppo_kwargs(args.env_id), torch_threads=n
             )
         )

@@ -16,7 +16,7 @@ import torch
 
 from rl_selfdistill import SelfDistillPPO
 from rl_selfdistill.envs import configure_torch_threads, make_vec_env
-from rl_selfdistill.envs.speed import ATARI_PPO_KWARGS
+from rl_selfdistill.benchmark.throughput import ATARI_PPO_KWARGS
 
 timesteps = int(os.environ["TIMESTEPS"])
 n_envs = 8

@@ -345,3 +345,15 @@ def test_published_benchmark_runs_are_not_ignored_by_git():
     check = subprocess.run(["git", "check-ignore", "-q", probe], cwd=root)
     assert check.returncode == 1, f"git ignores {probe}"
     assert subprocess.run(["git", "check-ignore", "-q", "runs/ppo/CartPole-v1/seed0/eval.csv"], cwd=root).returncode == 0
+
+
+def test_plot_colours_come_from_the_algorithm_registry():
+    from rl_selfdistill.algos import registry
+    from rl_selfdistill.benchmark.plots import colours_for
+
+    colours = colours_for(["sd_ppo", "ppo", "my_algo", "other_algo"])
+    assert colours["ppo"] == registry.get("ppo").colour and colours["sd_ppo"] == registry.get("sd_ppo").colour
+    assert colours["ppo"] != colours["sd_ppo"]
+    # Unregistered names get distinct fallback colours, none of them a registered algorithm's.
+    assert colours["my_algo"] != colours["other_algo"]
+    assert {colours["my_algo"], colours["other_algo"]}.isdisjoint(registry.colour(name) for name in registry.names())

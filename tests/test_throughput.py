@@ -6,13 +6,58 @@ import time
 
 import pytest
 
-from rl_selfdistill.benchmark.throughput import AlgoSpec, ThroughputSettings, algo_kwargs, measure_throughput
+from rl_selfdistill.algos import registry
+from rl_selfdistill.benchmark.throughput import (
+    AlgoSpec,
+    ThroughputSettings,
+    algo_kwargs,
+    alternate,
+    check_pair,
+    measure_throughput,
+    median_paired_ratio,
+)
 from rl_selfdistill.cli import main
 from rl_selfdistill.errors import UsageError
 
 TINY = ThroughputSettings(
     n_envs=4, timesteps=128, device="cpu", n_steps=32, n_epochs=1, batch_size=64, teacher_update_interval=128
 )
+
+
+def test_alternate_runs_the_variants_round_robin_and_reports_each_value():
+    calls, reported = [], []
+
+    def trial(name):
+        def run():
+            calls.append(name)
+            return len(calls)
+
+        return run
+
+    results = alternate({"a": trial("a"), "b": trial("b"), "c": trial("c")}, 2, lambda *item: reported.append(item))
+    assert calls == ["a", "b", "c", "a", "b", "c"]
+    assert results == {"a": [1, 4], "b": [2, 5], "c": [3, 6]}
+    assert reported == [("a", 0, 1), ("b", 0, 2), ("c", 0, 3), ("a", 1, 4), ("b", 1, 5), ("c", 1, 6)]
+    assert median_paired_ratio([100.0, 50.0, 100.0], [90.0, 45.0, 95.0]) == pytest.approx(0.9)
+    with pytest.raises(ValueError):
+        median_paired_ratio([1.0, 2.0], [1.0])  # rounds must pair up
+
+
+def test_specs_follow_the_algorithm_registry():
+    """A registered algorithm is a valid spec, in the family of its base, with the distillation keys if it distils."""
+    entry = registry.AlgoEntry("sd_ppo_test", "rl_selfdistill.algos.ppo:SelfDistillPPO", base="ppo")
+    registry.register(entry)
+    try:
+        spec = AlgoSpec.parse("sd_ppo_test@dummy")
+        assert spec.is_sd and spec.on_policy
+        check_pair(AlgoSpec("ppo"), spec, pairs=1)
+        assert algo_kwargs(spec, TINY)["teacher_update_interval"] == 128
+        with pytest.raises(UsageError, match="different algorithm families; compare ppo with sd_ppo or dqn with sd_dqn"):
+            check_pair(AlgoSpec("dqn"), spec, pairs=1)
+    finally:
+        registry.unregister(entry.name)
+    with pytest.raises(UsageError, match="unknown algo 'sd_ppo_test'"):
+        AlgoSpec.parse("sd_ppo_test")
 
 
 def test_spec_parsing():
@@ -44,7 +89,8 @@ def test_ppo_pair_alternates_and_reports_medians():
     assert [(label, trial) for label, trial, _ in seen] == [
         (label, trial) for trial in range(2) for label in ("ppo@dummy", "sd_ppo@dummy")
     ]
-    assert len(result.fps_a) == len(result.fps_b) == 2 and min(result.fps_a + result.fps_b) > 0
+    # The live reports are the recorded trials, in A B A B order.
+    assert [fps for _, _, fps in seen] == [result.fps_a[0], result.fps_b[0], result.fps_a[1], result.fps_b[1]]
     assert result.median_b == statistics.median(result.fps_b)
     assert result.ratio == pytest.approx(result.median_b / result.median_a)
     # The teacher was refreshed during warm-up and again during the timed trials.
@@ -63,7 +109,8 @@ def test_dqn_pair_through_the_cli(tmp_path, capsys):
     assert saved["ratio_b_over_a"] == pytest.approx(saved["median_b"] / saved["median_a"])
     assert saved["teacher_updates"]["sd_dqn@dummy"] >= 1
     collect, update = saved["us_per_step_collect_update_b"]
-    assert collect > 0 and update > 0
+    # One pair: collecting and updating split exactly the trial's time per step.
+    assert collect + update == pytest.approx(1e6 / saved["fps_b"][0]) and 0 < update < collect + update
     assert "us/step collecting" in output
 
 

@@ -14,16 +14,17 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 from rliable import plot_utils  # noqa: E402
 
+from rl_selfdistill.algos import registry  # noqa: E402
 from rl_selfdistill.benchmark.aggregate import METRIC_NAMES, Curve  # noqa: E402
 
-# Fixed colours so an algorithm looks the same in every figure; base and SD variants pair up.
-ALGO_COLOURS = {"ppo": "#1f77b4", "sd_ppo": "#ff7f0e", "dqn": "#2ca02c", "sd_dqn": "#d62728"}
+# Algorithms without a registered colour take these, in order, so that every figure still tells them apart.
 _FALLBACK = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 def colours_for(algos: list[str]) -> dict[str, str]:
+    """The registry's colour of each algorithm (the same in every figure), else the next fallback colour."""
     extra = iter(_FALLBACK * (1 + len(algos)))
-    return {algo: ALGO_COLOURS.get(algo) or next(extra) for algo in algos}
+    return {algo: registry.colour(algo) or next(extra) for algo in algos}
 
 
 def plot_learning_curves(curves: dict[str, dict[str, Curve]], path: Path) -> Path:

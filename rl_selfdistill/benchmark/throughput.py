@@ -1,24 +1,64 @@
-"""Paired throughput: train A and B with identical settings, alternating A B A B in one process.
+"""Paired throughput: the one A B A B timer, and training speed measured with it.
 
-Alternating trials in one process exposes both algorithms to the same machine load over
-time (a shared machine drifts), and the median over trials ignores a stray slow trial.
+`alternate` runs the variants round-robin (A B A B ...) in one process, so load from other
+processes on a shared machine (which drifts) hits every variant alike; medians over rounds
+ignore a stray slow trial, and the per-round ratio B/A cancels load that changes between
+rounds. `measure_throughput` uses it to compare two algorithms (or two env backends) with
+identical settings; `scripts/env_speed.py` uses it to compare backends and thread counts.
+
 Each model is warmed up first (not timed) so that the measured trials run in steady
-state: for a self-distilling model the teacher exists and the KL term is active, for DQN
-learning has started.
+state: for a self-distilling model the teacher exists and the KL term is active, for an
+off-policy model learning has started.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from rl_selfdistill.algos import registry
 from rl_selfdistill.errors import UsageError
 
-PPO_FAMILY = ("ppo", "sd_ppo")
-DQN_FAMILY = ("dqn", "sd_dqn")
 DEFAULT_BACKEND = "dummy"
+
+# PPO settings of the speed measurements (scripts/env_speed.py, scripts/gpu_check.sh): the RL Zoo's Atari entry, and
+# a MuJoCo entry with a Zoo-sized rollout, so that timings are comparable across the two families.
+ATARI_PPO_KWARGS: dict[str, Any] = {
+    "n_steps": 128,
+    "n_epochs": 4,
+    "batch_size": 256,
+    "learning_rate": 2.5e-4,
+    "clip_range": 0.1,
+    "vf_coef": 0.5,
+    "ent_coef": 0.01,
+}
+MUJOCO_PPO_KWARGS: dict[str, Any] = {"n_steps": 512, "batch_size": 64, "n_epochs": 10, "gae_lambda": 0.92, "gamma": 0.98}
+Key = TypeVar("Key", bound=Hashable)
+Value = TypeVar("Value")
+
+
+def alternate(
+    trials: Mapping[Key, Callable[[], Value]], rounds: int, report: Callable[[Key, int, Value], None] | None = None
+) -> dict[Key, list[Value]]:
+    """Call every trial once per round, in the mapping's order, `rounds` times: A B A B ...
+
+    `report(key, round, value)` sees each value as it arrives (for live progress lines).
+    """
+    results: dict[Key, list[Value]] = {key: [] for key in trials}
+    for round_index in range(rounds):
+        for key, trial in trials.items():
+            results[key].append(trial())
+            if report is not None:
+                report(key, round_index, results[key][-1])
+    return results
+
+
+def median_paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median over rounds of b / a within the same round: robust to load that drifts between rounds."""
+    return statistics.median(y / x for x, y in zip(a, b, strict=True))
 
 
 @dataclass(frozen=True)
@@ -31,8 +71,10 @@ class AlgoSpec:
     @classmethod
     def parse(cls, text: str) -> AlgoSpec:
         algo, _, backend = text.partition("@")
-        if algo not in PPO_FAMILY + DQN_FAMILY:
-            raise UsageError(f"unknown algo {algo!r} in {text!r}; write ALGO[@BACKEND] with ALGO in ppo, sd_ppo, dqn, sd_dqn")
+        if algo not in registry.names():
+            raise UsageError(
+                f"unknown algo {algo!r} in {text!r}; write ALGO[@BACKEND] with ALGO in {', '.join(registry.names())}"
+            )
         return cls(algo, backend or DEFAULT_BACKEND)
 
     @property
@@ -41,12 +83,17 @@ class AlgoSpec:
 
     @property
     def is_sd(self) -> bool:
-        return self.algo.startswith("sd_")
+        return registry.is_distilling(self.algo)
+
+    @property
+    def on_policy(self) -> bool:
+        return registry.get(self.algo).training == "on_policy"
 
 
 @dataclass(frozen=True)
 class ThroughputSettings:
-    """Hyperparameters shared by A and B. PPO uses n_steps/n_epochs/batch_size, DQN the replay settings."""
+    """Hyperparameters shared by A and B. On-policy algorithms use n_steps/n_epochs/batch_size, off-policy ones
+    the replay settings."""
 
     n_envs: int = 8
     timesteps: int = 10_240  # environment steps per timed trial
@@ -69,9 +116,9 @@ class ThroughputSettings:
             return self.warmup_timesteps
         # One rollout (PPO) or train step (DQN) past the first teacher refresh, so the KL term is on when timing starts.
         needed = self.teacher_update_interval if spec.is_sd else 0
-        if spec.algo in DQN_FAMILY:
+        if not spec.on_policy:
             needed = max(needed, self.learning_starts)
-        return needed + self.n_envs * (self.n_steps if spec.algo in PPO_FAMILY else self.train_freq)
+        return needed + self.n_envs * (self.n_steps if spec.on_policy else self.train_freq)
 
 
 @dataclass
@@ -104,8 +151,8 @@ class ThroughputResult:
 
     @property
     def paired_ratio(self) -> float:
-        """Median over rounds of B's fps / A's fps in the same round: robust to load that drifts between rounds."""
-        return statistics.median(b / a for a, b in zip(self.fps_a, self.fps_b))
+        """Median over rounds of B's fps / A's fps in the same round."""
+        return median_paired_ratio(self.fps_a, self.fps_b)
 
     def phase_costs(self, which: str) -> tuple[float, float] | None:
         """Median microseconds per env step spent collecting and updating, for A (`"a"`) or B (`"b"`)."""
@@ -132,7 +179,7 @@ class ThroughputResult:
 def algo_kwargs(spec: AlgoSpec, settings: ThroughputSettings) -> dict[str, Any]:
     """Constructor arguments; A and B get the same ones except the SD-only keys."""
     common: dict[str, Any] = {"seed": settings.seed, "device": settings.device, "verbose": 0}
-    if spec.algo in PPO_FAMILY:
+    if spec.on_policy:
         common.update(n_steps=settings.n_steps, n_epochs=settings.n_epochs, batch_size=settings.batch_size)
     else:
         common.update(
@@ -148,19 +195,18 @@ def algo_kwargs(spec: AlgoSpec, settings: ThroughputSettings) -> dict[str, Any]:
     return common
 
 
-def algo_class(algo: str) -> type:
-    from stable_baselines3 import DQN, PPO
+def policy_for(env: Any) -> str:
+    """CnnPolicy for image observations (Atari frames), MlpPolicy otherwise: what SB3 users pick."""
+    from stable_baselines3.common.preprocessing import is_image_space
 
-    from rl_selfdistill.algos import SelfDistillDQN, SelfDistillPPO
-
-    return {"ppo": PPO, "sd_ppo": SelfDistillPPO, "dqn": DQN, "sd_dqn": SelfDistillDQN}[algo]
+    return "CnnPolicy" if is_image_space(env.observation_space) else "MlpPolicy"
 
 
 def build_model(env_id: str, spec: AlgoSpec, settings: ThroughputSettings) -> Any:
     from rl_selfdistill.envs import make_vec_env
 
     env = make_vec_env(env_id, n_envs=settings.n_envs, backend=spec.backend, seed=settings.seed)
-    return algo_class(spec.algo)("MlpPolicy", env, **algo_kwargs(spec, settings))
+    return registry.algo_class(spec.algo)(policy_for(env), env, **algo_kwargs(spec, settings))
 
 
 def update_phase_timer() -> Any:
@@ -208,17 +254,69 @@ def timed_trial(model: Any, timesteps: int) -> tuple[float, float]:
     return (model.num_timesteps - before) / elapsed, timer.update_seconds / elapsed
 
 
+def training_fps(
+    env_id: str,
+    backend: str,
+    n_envs: int = 8,
+    total_timesteps: int = 4096,
+    seed: int = 0,
+    ppo_kwargs: dict[str, Any] | None = None,
+    device: str = "cpu",
+    torch_threads: int | None = None,
+) -> float:
+    """Steps per second of a fresh PPO's `learn(total_timesteps)` (no warm-up); env construction is not timed."""
+    import torch
+    from stable_baselines3 import PPO
+
+    from rl_selfdistill.envs import make_vec_env
+
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    venv = make_vec_env(env_id, n_envs, backend, seed)
+    try:
+        model = PPO(policy_for(venv), venv, seed=seed, device=device, verbose=0, **(ppo_kwargs or {}))
+        return timed_trial(model, total_timesteps)[0]
+    finally:
+        venv.close()
+
+
+def collection_fps(
+    env_id: str,
+    backend: str,
+    n_envs: int = 8,
+    n_steps: int = 128,
+    seed: int = 0,
+    ppo_kwargs: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> float:
+    """Steps per second of PPO.collect_rollouts with a random-init policy (forward pass and buffer, no updates)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import CallbackList
+
+    from rl_selfdistill.envs import make_vec_env
+
+    venv = make_vec_env(env_id, n_envs, backend, seed)
+    try:
+        kwargs = {**(ppo_kwargs or {}), "n_steps": n_steps}
+        model = PPO(policy_for(venv), venv, seed=seed, device=device, verbose=0, **kwargs)
+        _, callback = model._setup_learn(n_steps * n_envs, CallbackList([]))
+        callback.on_training_start(locals(), globals())
+        start = time.perf_counter()
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=n_steps)
+        return n_steps * n_envs / (time.perf_counter() - start)
+    finally:
+        venv.close()
+
+
 def teacher_updates(model: Any) -> int | None:
     distiller = getattr(model, "distiller", None)
     return None if distiller is None else int(distiller.teacher.n_updates)
 
 
 def check_pair(a: AlgoSpec, b: AlgoSpec, pairs: int) -> None:
-    families = {spec.algo in PPO_FAMILY for spec in (a, b)}
-    if len(families) != 1:
-        raise UsageError(
-            f"{a.label} and {b.label} are different algorithm families; compare ppo with sd_ppo or dqn with sd_dqn"
-        )
+    if registry.base_name(a.algo) != registry.base_name(b.algo):
+        pairs_text = " or ".join(f"{base} with {name}" for name, base in registry.comparison_pairs(registry.names()))
+        raise UsageError(f"{a.label} and {b.label} are different algorithm families; compare {pairs_text}")
     if pairs < 1:
         raise UsageError(f"--pairs must be at least 1, got {pairs}")
 
@@ -238,15 +336,11 @@ def measure_throughput(
     models = {spec: build_model(env_id, spec, settings) for spec in (a, b)}
     for spec, model in models.items():
         model.learn(total_timesteps=settings.warmup_for(spec), progress_bar=False)
-    fps: dict[AlgoSpec, list[float]] = {a: [], b: []}
-    update_shares: dict[AlgoSpec, list[float]] = {a: [], b: []}
-    for trial in range(pairs):
-        for spec in (a, b):
-            trial_fps, update_share = timed_trial(models[spec], settings.timesteps)
-            fps[spec].append(trial_fps)
-            update_shares[spec].append(update_share)
-            if report is not None:
-                report(spec.label, trial, trial_fps)
+    trials = {spec: (lambda model=model: timed_trial(model, settings.timesteps)) for spec, model in models.items()}
+    on_trial = None if report is None else (lambda spec, trial, value: report(spec.label, trial, value[0]))
+    timings = alternate(trials, pairs, on_trial)
+    fps = {spec: [value[0] for value in values] for spec, values in timings.items()}
+    update_shares = {spec: [value[1] for value in values] for spec, values in timings.items()}
     updates = {spec.label: teacher_updates(model) for spec, model in models.items()}
     for model in models.values():
         model.get_env().close()
