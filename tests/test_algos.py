@@ -184,8 +184,10 @@ def test_lin_schedule_coefficient_follows_progress():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"distill_coef": -0.1}, "distill_coef must be >= 0"),
-        ({"distill_coef": "exp_3"}, "not a schedule"),
+        ({"distill_coef": -0.1}, "'distill_coef': got -0.1, expected a number >= 0"),
+        ({"distill_coef": "exp_3"}, "'distill_coef': got 'exp_3'"),
+        ({"distill_coef": lambda progress: progress - 0.5}, "distill_coef must be >= 0"),
+        ({"distill_coef_bounds": (0.0, 1.0)}, "0 < low <= high"),
         ({"teacher_update_interval": 0}, "teacher_update_interval"),
         ({"teacher_mode": "target"}, "teacher_mode"),
         ({"teacher_tau": 1.5}, "teacher_tau"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ import yaml
 from stable_baselines3.common.utils import LinearSchedule
 
 from rl_selfdistill import config as cfg
+from rl_selfdistill.algos import registry
+from rl_selfdistill.config import schema as schema_module
+from rl_selfdistill.distill.config import DistillConfig
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.paths import data_dir
 
@@ -51,7 +55,7 @@ def test_self_distill_presets_reuse_their_base(algo, base, env_id):
     raw = yaml.safe_load((data_dir("agents") / f"{algo}.yaml").read_text())
     assert raw["base"] == base
     own_keys = {key for section in raw.values() if isinstance(section, dict) for key in section}
-    assert own_keys <= set(cfg.distill_keys(("snapshot",))), "sd presets must not copy base hyperparameters"
+    assert own_keys <= set(DistillConfig.names()), "sd presets must not copy base hyperparameters"
 
 
 def test_cartpole_teacher_refreshes_within_a_4096_step_run():
@@ -66,13 +70,34 @@ def test_every_preset_file_is_valid_for_its_ids():
             cfg.resolve_hyperparams(path.stem, env_id)
 
 
-def test_schema_keys_are_constructor_arguments():
-    from rl_selfdistill.train import algo_class, constructor_parameters
+@pytest.mark.parametrize("algo", registry.names())
+def test_schema_keys_are_constructor_arguments(algo):
+    parameters = inspect.signature(registry.algo_class(algo)).parameters
+    schema = cfg.hyperparameter_schema(algo)
+    missing = [key for key in schema if key not in cfg.META_KEYS and key not in parameters]
+    assert not missing, f"{algo}: {missing}"
+    # The SB3 keys users set most are derived, not forgotten (DQN's n_steps was missing from a hand-written copy).
+    assert {"learning_rate", "gamma", "batch_size", "n_steps"} <= set(schema)
+    if registry.is_distilling(algo):
+        assert set(DistillConfig.names()) <= set(schema)
 
-    for algo, schema in cfg.SCHEMAS.items():
-        parameters = constructor_parameters(algo_class(algo))
-        missing = [key for key in schema if key not in cfg.META_KEYS and key not in parameters]
-        assert not missing, f"{algo}: {missing}"
+
+def test_schema_follows_a_new_constructor_argument():
+    """A keyword SB3 adds is a preset key without editing the schema; its annotation picks the validator."""
+    from stable_baselines3 import PPO
+
+    class PPOWithExtra(PPO):
+        def __init__(self, *args, new_weight: float = 0.5, new_flag: bool = False, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+
+    keys = schema_module.constructor_keys(PPOWithExtra)
+    # The schema reads the SB3 parent's constructor (PPO here): subclass keywords are the mixin's business.
+    assert "new_weight" not in keys and "n_epochs" in keys
+    assert schema_module.validator_for("new_weight", float)("new_weight", "0.25") == 0.25
+    assert schema_module.validator_for("flag", bool)("flag", True) is True
+    with pytest.raises(UsageError, match="true or false"):
+        schema_module.validator_for("flag", bool)("flag", 1)
+    assert schema_module.validator_for("obj", object) is None
 
 
 @pytest.mark.parametrize(
@@ -105,7 +130,7 @@ def test_bad_overrides_name_the_problem(overrides, message):
         ({"distill_coef": -0.1}, "'distill_coef': got -0.1, expected a number >= 0.0"),
         ({"teacher_mode": "target"}, "one of snapshot, ema, ensemble"),  # the target network is DQN-only
         ({"kl_direction": "both"}, "one of forward, reverse"),
-        ({"distill_coef_bounds": [2, 1]}, "[low, high] with 0 <= low <= high"),
+        ({"distill_coef_bounds": [2, 1]}, "[low, high] with 0 < low <= high"),
         ({"teacher_update_interval": 0}, "expected an integer >= 1"),
     ],
 )
@@ -225,3 +250,26 @@ def test_every_classic_suite_env_has_its_own_tuned_preset(algo):
     env_ids = [env.env_id for env in load_suite("classic").envs if incompatibility(algo, env.env_id) is None]
     assert "LunarLander-v3" in env_ids
     assert [env_id for env_id in env_ids if env_id not in raw] == []
+
+
+@pytest.mark.parametrize(
+    "key,bad",
+    [
+        ("distill_coef", -1),
+        ("distill_coef_bounds", [0, 1]),
+        ("teacher_update_interval", 0),
+        ("teacher_tau", 0),
+        ("teacher_ensemble_size", 0),
+        ("kl_direction", "sideways"),
+        ("distill_temperature", -1),
+        ("distill_target_kl", 0),
+    ],
+)
+def test_presets_and_constructors_refuse_the_same_values_with_the_same_message(key, bad):
+    from rl_selfdistill import SelfDistillPPO
+
+    with pytest.raises(UsageError) as from_preset:
+        cfg.validate_hyperparams("sd_ppo", {key: bad})
+    with pytest.raises(UsageError) as from_constructor:
+        SelfDistillPPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, **{key: bad})
+    assert str(from_preset.value) == str(from_constructor.value)

@@ -2,80 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch as th
 from stable_baselines3 import DQN
-from stable_baselines3.common.vec_env import VecEnv
-from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 from torch.nn import functional as F
 
-from rl_selfdistill.distill.distiller import Distiller
 from rl_selfdistill.distill.kl import q_softmax_kl
-from rl_selfdistill.schedules import ScheduleLike
+from rl_selfdistill.distill.mixin import SelfDistillMixin
 
 
-class SelfDistillDQN(DQN):
+class SelfDistillDQN(SelfDistillMixin, DQN):
     """DQN with self-distillation; a drop-in replacement for ``stable_baselines3.DQN``.
 
     On each sampled replay batch the loss gains
     ``distill_coef * mean_batch KL(softmax(Q_teacher / T) || softmax(Q_student / T))``.
 
-    :param distill_coef: weight of the KL term (number, ``lin_<v>`` or callable of progress_remaining);
-        0 turns distillation off (training is then SB3's DQN, bit for bit).
-    :param teacher_update_interval: environment steps (summed over envs) between teacher refreshes.
-        Ignored with ``teacher_mode="target"``, where the teacher follows DQN's own target updates.
-    :param teacher_mode: ``snapshot`` | ``ema`` | ``ensemble`` | ``target`` (the target Q-network is the
-        teacher: no extra copy, first usable after the first target update).
-    :param teacher_tau: Polyak coefficient of the ``ema`` teacher, applied at each refresh.
-    :param teacher_ensemble_size: number of past snapshots kept by the ``ensemble`` teacher.
-    :param kl_direction: ``forward`` = KL(teacher || student), ``reverse`` = KL(student || teacher).
-    :param distill_temperature: T of the Boltzmann policies softmax(Q / T).
-    :param distill_target_kl: if set, the coefficient adapts once per ``train()`` call towards this mean KL.
-    :param distill_coef_bounds: clamp range of the adaptive coefficient.
+    Takes every ``DQN`` argument plus the distillation keywords of
+    ``rl_selfdistill.distill.config.DistillConfig``. ``teacher_mode="target"`` makes the target
+    Q-network the teacher (no extra copy; it follows DQN's own target updates and
+    ``teacher_update_interval`` is unused). ``distill_coef=0`` trains exactly like DQN
+    (``train()`` is then DQN's own).
     """
 
-    def __init__(
-        self,
-        policy: str | type[DQNPolicy],
-        env: VecEnv | str | Any,
-        *args: Any,
-        distill_coef: ScheduleLike = 0.5,
-        teacher_update_interval: int = 20_000,
-        teacher_mode: str = "snapshot",
-        teacher_tau: float = 0.05,
-        teacher_ensemble_size: int = 3,
-        kl_direction: str = "forward",
-        distill_temperature: float = 1.0,
-        distill_target_kl: float | None = None,
-        distill_coef_bounds: tuple[float, float] = (1e-4, 10.0),
-        **kwargs: Any,
-    ) -> None:
-        # Set before DQN.__init__, which calls _setup_model.
-        self.distiller = Distiller(
-            distill_coef,
-            teacher_update_interval,
-            teacher_mode,
-            teacher_tau,
-            teacher_ensemble_size,
-            kl_direction,
-            distill_temperature,
-            distill_target_kl,
-            distill_coef_bounds,
-            allowed_teacher_modes=("snapshot", "ema", "ensemble", "target"),
-        )
-        self.teacher_networks = nn.ModuleList()
-        super().__init__(policy, env, *args, **kwargs)
+    supported_teacher_modes = ("snapshot", "ema", "ensemble", "target")
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        self.teacher_networks = self.distiller.teacher.build_storage(self.q_net)
-
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts, variables = super()._get_torch_save_params()
-        return [*state_dicts, "teacher_networks"], variables
+        self._bind_teacher_storage(self.q_net)
 
     def _on_step(self) -> None:
         super()._on_step()
@@ -95,7 +49,13 @@ class SelfDistillDQN(DQN):
         return list(self.teacher_networks)
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
-        """DQN's ``train()`` (SB3 2.x, line for line) with the distillation term added to the TD loss."""
+        if not self.distiller.enabled:
+            super().train(gradient_steps, batch_size)
+            return
+        self._train_with_distillation(gradient_steps, batch_size)
+
+    def _train_with_distillation(self, gradient_steps: int, batch_size: int) -> None:
+        """DQN's ``train()`` (SB3 2.7-2.9, line for line) with the distillation term added to the TD loss."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         teachers = self._teacher_q_networks()
@@ -134,8 +94,7 @@ class SelfDistillDQN(DQN):
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", np.mean(losses))
-        if self.distiller.enabled:
-            self.distiller.end_phase(self.logger, distill_kls, distill_coef, self.num_timesteps)
+        self.distiller.end_phase(self.logger, distill_kls, distill_coef, self.num_timesteps)
 
     def _distill_kl(self, teachers: list[nn.Module], observations: th.Tensor, student_q: th.Tensor) -> th.Tensor:
         """Batch-mean KL between the Boltzmann policies, averaged over the teacher members."""

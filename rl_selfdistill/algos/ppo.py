@@ -10,47 +10,21 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.distributions import Distribution
-from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
-from torch import nn
 from torch.nn import functional as F
 
 from rl_selfdistill.algos.buffers import IndexedDictRolloutBuffer, IndexedRolloutBuffer
-from rl_selfdistill.distill.distiller import Distiller
+from rl_selfdistill.distill.mixin import SelfDistillMixin
 from rl_selfdistill.distill.policy_kl import PolicyKL
 from rl_selfdistill.errors import UsageError
-from rl_selfdistill.schedules import ScheduleLike
 
 # Rollouts are pushed through the teacher in chunks of this many samples: one pass per chunk,
 # bounded memory for image observations and huge rollouts.
 TEACHER_CHUNK_SIZE = 8192
 
 
-def evaluate_actions_with_distribution(
-    policy: ActorCriticPolicy, obs: th.Tensor | dict[str, th.Tensor], actions: th.Tensor
-) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, Distribution]:
-    """``ActorCriticPolicy.evaluate_actions`` that also returns the distribution it built.
-
-    The KL term needs the student's distribution parameters; asking the policy for them
-    separately would run the network a second time per minibatch.
-    """
-    features = policy.extract_features(obs)
-    if policy.share_features_extractor:
-        latent_pi, latent_vf = policy.mlp_extractor(features)
-    else:
-        pi_features, vf_features = features
-        latent_pi = policy.mlp_extractor.forward_actor(pi_features)
-        latent_vf = policy.mlp_extractor.forward_critic(vf_features)
-    distribution = policy._get_action_dist_from_latent(latent_pi)
-    log_prob = distribution.log_prob(actions)
-    values = policy.value_net(latent_vf)
-    entropy = distribution.entropy()
-    return values, log_prob, entropy, distribution
-
-
-class SelfDistillPPO(PPO):
+class SelfDistillPPO(SelfDistillMixin, PPO):
     """PPO with policy self-distillation; a drop-in replacement for ``stable_baselines3.PPO``.
 
     Every ``teacher_update_interval`` environment steps (checked at rollout boundaries) the
@@ -58,50 +32,14 @@ class SelfDistillPPO(PPO):
     parameters for all its observations are computed in one no-grad pass; every PPO
     minibatch then adds ``distill_coef * KL(teacher || student)`` (batch mean) to the loss.
 
-    :param distill_coef: weight of the KL term: a number, ``lin_<v>`` or a callable of
-        progress_remaining. 0 turns distillation off (training is then SB3's PPO, bit for bit).
-    :param teacher_update_interval: environment steps (summed over envs) between teacher refreshes.
-        No teacher, and no KL term, before the first refresh.
-    :param teacher_mode: ``snapshot`` | ``ema`` | ``ensemble`` (see ``rl_selfdistill.distill.teacher.Teacher``).
-    :param teacher_tau: Polyak coefficient of the ``ema`` teacher, applied at each refresh.
-    :param teacher_ensemble_size: number of past snapshots kept by the ``ensemble`` teacher.
-    :param kl_direction: ``forward`` = KL(teacher || student), ``reverse`` = KL(student || teacher).
-    :param distill_temperature: distributions are tempered as p^(1/T) before the KL.
-    :param distill_target_kl: if set, the coefficient adapts once per rollout towards this mean KL.
-    :param distill_coef_bounds: clamp range of the adaptive coefficient.
+    Takes every ``PPO`` argument plus the distillation keywords of
+    ``rl_selfdistill.distill.config.DistillConfig`` (``distill_coef``, ``teacher_update_interval``,
+    ``teacher_mode`` = snapshot | ema | ensemble, ...). ``distill_coef=0`` trains exactly like PPO.
     """
 
-    def __init__(
-        self,
-        policy: str | type[ActorCriticPolicy],
-        env: VecEnv | str | Any,
-        *args: Any,
-        distill_coef: ScheduleLike = 0.5,
-        teacher_update_interval: int = 20_000,
-        teacher_mode: str = "snapshot",
-        teacher_tau: float = 0.05,
-        teacher_ensemble_size: int = 3,
-        kl_direction: str = "forward",
-        distill_temperature: float = 1.0,
-        distill_target_kl: float | None = None,
-        distill_coef_bounds: tuple[float, float] = (1e-4, 10.0),
-        **kwargs: Any,
-    ) -> None:
-        # Set before PPO.__init__, which calls _setup_model.
-        self.distiller = Distiller(
-            distill_coef,
-            teacher_update_interval,
-            teacher_mode,
-            teacher_tau,
-            teacher_ensemble_size,
-            kl_direction,
-            distill_temperature,
-            distill_target_kl,
-            distill_coef_bounds,
-        )
-        self.teacher_networks = nn.ModuleList()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._rollout_teacher_params: th.Tensor | None = None
-        super().__init__(policy, env, *args, **kwargs)
+        super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
         if self.distiller.enabled:
@@ -109,7 +47,7 @@ class SelfDistillPPO(PPO):
         super()._setup_model()
         if self.distiller.enabled:
             self.policy_kl = PolicyKL.for_policy(self.policy, self.distiller.temperature, self.distiller.direction)
-        self.teacher_networks = self.distiller.teacher.build_storage(self.policy)
+        self._bind_teacher_storage(self.policy)
 
     def _indexed_buffer_class(self) -> type[RolloutBuffer] | type[DictRolloutBuffer]:
         """The rollout buffer class to use: SB3's, recording minibatch indices for the teacher rows."""
@@ -124,10 +62,6 @@ class SelfDistillPPO(PPO):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_rollout_teacher_params", "policy_kl"]
-
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts, variables = super()._get_torch_save_params()
-        return [*state_dicts, "teacher_networks"], variables
 
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
@@ -202,9 +136,7 @@ class SelfDistillPPO(PPO):
                 if isinstance(self.action_space, spaces.Discrete):
                     actions = rollout_data.actions.long().flatten()
 
-                values, log_prob, entropy, distribution = evaluate_actions_with_distribution(
-                    self.policy, rollout_data.observations, actions
-                )
+                values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
                 values = values.flatten()
                 advantages = rollout_data.advantages
                 # Normalization does not make sense if mini batchsize == 1, see SB3 GH issue #325
@@ -239,7 +171,8 @@ class SelfDistillPPO(PPO):
 
                 if teacher_params is not None:
                     batch_indices = th.as_tensor(buffer.last_batch_indices, device=teacher_params.device)
-                    student_params = self.policy_kl.params(self.policy, distribution)
+                    # evaluate_actions left the distribution it built on the policy (SB3 reuses one object).
+                    student_params = self.policy_kl.params(self.policy, self.policy.action_dist)
                     distill_kl = self.policy_kl.mean_over_teachers(teacher_params[:, batch_indices], student_params)
                     distill_kls.append(distill_kl.detach())
                     loss = loss + distill_coef * distill_kl

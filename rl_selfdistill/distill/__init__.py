@@ -1,18 +1,11 @@
-"""Distillation building blocks: KL divergences, teachers, coefficients."""
+"""The shared machinery of self-distillation, algorithm-agnostic.
 
-from rl_selfdistill.distill.coefficient import DistillCoefficient
-from rl_selfdistill.distill.distiller import Distiller
-from rl_selfdistill.distill.kl import bernoulli_kl, categorical_kl, gaussian_kl, multi_categorical_kl, q_softmax_kl
-from rl_selfdistill.distill.teacher import Teacher, frozen_copy
+- ``config``: ``DistillConfig``, every setting validated in one place (imports no torch);
+- ``kl``: KL divergences; ``policy_kl``: KL between two SB3 actor-critic policies;
+- ``teacher``: teacher storage and refresh cadence; ``coefficient``: the weight of the term;
+- ``distiller``: one algorithm instance's settings and state; ``mixin``: what every
+  self-distilling SB3 algorithm shares (keywords -> DistillConfig, teacher saving, logging).
 
-__all__ = [
-    "DistillCoefficient",
-    "Distiller",
-    "Teacher",
-    "bernoulli_kl",
-    "categorical_kl",
-    "frozen_copy",
-    "gaussian_kl",
-    "multi_categorical_kl",
-    "q_softmax_kl",
-]
+Submodules are imported by name (``from rl_selfdistill.distill.kl import ...``), so that the
+config layer can read ``DistillConfig`` without importing torch.
+"""

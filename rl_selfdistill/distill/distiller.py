@@ -1,4 +1,4 @@
-"""What both self-distilling algorithms share: settings, teacher cadence, coefficient, logging."""
+"""What every self-distilling algorithm instance holds: its settings, teacher cadence, coefficient, logging."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from stable_baselines3.common.logger import Logger
 from torch import nn
 
 from rl_selfdistill.distill.coefficient import DistillCoefficient
-from rl_selfdistill.distill.kl import KL_DIRECTIONS, KLDirection
+from rl_selfdistill.distill.config import DistillConfig
+from rl_selfdistill.distill.kl import KLDirection
 from rl_selfdistill.distill.teacher import Teacher
-from rl_selfdistill.errors import UsageError
-from rl_selfdistill.schedules import ScheduleLike
 
 
 class Distiller:
@@ -22,35 +21,12 @@ class Distiller:
     networks are saved separately as a state dict (see ``Teacher``).
     """
 
-    def __init__(
-        self,
-        distill_coef: ScheduleLike = 0.5,
-        teacher_update_interval: int = 20_000,
-        teacher_mode: str = "snapshot",
-        teacher_tau: float = 0.05,
-        teacher_ensemble_size: int = 3,
-        kl_direction: str = "forward",
-        distill_temperature: float = 1.0,
-        distill_target_kl: float | None = None,
-        distill_coef_bounds: tuple[float, float] = (1e-4, 10.0),
-        allowed_teacher_modes: Sequence[str] = ("snapshot", "ema", "ensemble"),
-    ) -> None:
-        if kl_direction not in KL_DIRECTIONS:
-            raise UsageError(f"unknown kl_direction {kl_direction!r}; use one of {', '.join(KL_DIRECTIONS)}")
-        if (
-            isinstance(distill_temperature, bool)
-            or not isinstance(distill_temperature, int | float)
-            or distill_temperature <= 0
-        ):
-            raise UsageError(f"distill_temperature must be a number > 0, got {distill_temperature!r}")
-        if teacher_mode not in allowed_teacher_modes:
-            raise UsageError(
-                f"teacher_mode {teacher_mode!r} is not available here; use one of {', '.join(allowed_teacher_modes)}"
-            )
-        self.coefficient = DistillCoefficient(distill_coef, distill_target_kl, distill_coef_bounds)
-        self.teacher = Teacher(teacher_mode, teacher_update_interval, teacher_tau, teacher_ensemble_size)
-        self.direction: KLDirection = kl_direction  # type: ignore[assignment]  # checked above
-        self.temperature = float(distill_temperature)
+    def __init__(self, config: DistillConfig) -> None:
+        self.config = config
+        self.coefficient = DistillCoefficient(config)
+        self.teacher = Teacher(config)
+        self.direction: KLDirection = config.kl_direction  # type: ignore[assignment]  # validated by DistillConfig
+        self.temperature = float(config.distill_temperature)
 
     @property
     def enabled(self) -> bool:

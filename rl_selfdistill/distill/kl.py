@@ -20,9 +20,10 @@ from typing import Literal, TypeVar
 import torch as th
 import torch.nn.functional as F
 
+from rl_selfdistill.distill.config import KL_DIRECTIONS
+
 KLDirection = Literal["forward", "reverse"]
 T = TypeVar("T")  # a tensor, or a tuple of tensors describing one distribution
-KL_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
 KLReduction = Literal["none", "mean"]
 
 

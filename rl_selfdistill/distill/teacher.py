@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any
 
 import torch as th
 from stable_baselines3.common.utils import polyak_update
 from torch import nn
 
-from rl_selfdistill.errors import UsageError
-
-TeacherMode = Literal["snapshot", "ema", "ensemble", "target"]
-TEACHER_MODES: tuple[str, ...] = ("snapshot", "ema", "ensemble", "target")
+from rl_selfdistill.distill.config import DistillConfig
 
 
 def frozen_copy(network: nn.Module) -> nn.Module:
@@ -53,21 +50,11 @@ class Teacher:
     by SB3); this object holds only counters and settings, which SB3 pickles with the model.
     """
 
-    def __init__(
-        self, mode: str = "snapshot", update_interval: int = 20_000, tau: float = 0.05, ensemble_size: int = 3
-    ) -> None:
-        if mode not in TEACHER_MODES:
-            raise UsageError(f"unknown teacher_mode {mode!r}; use one of {', '.join(TEACHER_MODES)}")
-        if isinstance(update_interval, bool) or not isinstance(update_interval, int) or update_interval < 1:
-            raise UsageError(f"teacher_update_interval must be a positive integer (env steps), got {update_interval!r}")
-        if not 0.0 < tau <= 1.0:
-            raise UsageError(f"teacher_tau must be in (0, 1], got {tau!r}")
-        if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int) or ensemble_size < 1:
-            raise UsageError(f"teacher_ensemble_size must be a positive integer, got {ensemble_size!r}")
-        self.mode = mode
-        self.update_interval = update_interval
-        self.tau = tau
-        self.ensemble_size = ensemble_size if mode == "ensemble" else 1
+    def __init__(self, config: DistillConfig) -> None:
+        self.mode = config.teacher_mode
+        self.update_interval = config.teacher_update_interval
+        self.tau = config.teacher_tau
+        self.ensemble_size = config.teacher_ensemble_size if self.mode == "ensemble" else 1
         self.n_updates = 0
         self.last_update_step: int | None = None
         self._last_interval_index = 0

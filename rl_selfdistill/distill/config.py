@@ -1,0 +1,114 @@
+"""DistillConfig: every self-distillation setting, validated in one place.
+
+The algorithms take these settings as flat SB3-style keywords (``distill_coef=0.2``); the
+shared mixin gathers them into one ``DistillConfig``. Presets, ``-params`` and tuning spaces
+validate the same keys with the same validators (``DistillConfig.validators()``), so a value
+is accepted or refused identically wherever it is given. Imports neither torch nor SB3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rl_selfdistill import validators as v
+from rl_selfdistill.errors import UsageError
+from rl_selfdistill.schedules import ScheduleLike, parse_schedule
+
+TEACHER_MODES: tuple[str, ...] = ("snapshot", "ema", "ensemble", "target")
+KL_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
+
+
+def _coefficient(key: str, value: Any) -> Any:
+    """A number >= 0, a ``lin_<v>`` string, or (Python API only) a callable of progress_remaining."""
+    if callable(value):
+        return value
+    return v.schedule_or_float(0.0, open_low=False)(key, value)
+
+
+def _coef_bounds(key: str, value: Any) -> tuple[float, float]:
+    # The adaptive coefficient is doubled and halved: a lower bound of 0 would let it reach 0 and stay there.
+    expected = "[low, high] with 0 < low <= high"
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise v.fail(key, value, expected)
+    low, high = (v.as_float(key, bound, expected) for bound in value)
+    if not 0 < low <= high:
+        raise v.fail(key, value, expected)
+    return (low, high)
+
+
+def _setting(default: Any, validator: v.Validator, doc: str) -> Any:
+    return field(default=default, metadata={"validator": validator, "doc": doc})
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The distillation settings of one self-distilling algorithm (see the README's options table)."""
+
+    distill_coef: ScheduleLike = _setting(
+        0.5, _coefficient, "weight of the distillation term: number, lin_<v> or callable; 0 = plain SB3"
+    )
+    teacher_update_interval: int = _setting(
+        20_000, v.int_at_least(1), "environment steps (summed over envs) between teacher refreshes"
+    )
+    teacher_mode: str = _setting("snapshot", v.choice(*TEACHER_MODES), "snapshot | ema | ensemble | target (DQN)")
+    teacher_tau: float = _setting(0.05, v.float_in(0.0, 1.0, open_low=True), "Polyak rate of the ema teacher")
+    teacher_ensemble_size: int = _setting(3, v.int_at_least(1), "snapshots kept by the ensemble teacher")
+    kl_direction: str = _setting("forward", v.choice(*KL_DIRECTIONS), "forward = KL(teacher||student), reverse")
+    distill_temperature: float = _setting(1.0, v.float_in(0.0, open_low=True), "distributions tempered as p^(1/T)")
+    distill_target_kl: float | None = _setting(
+        None, v.optional(v.float_in(0.0, open_low=True)), "adapt the coefficient towards this mean KL"
+    )
+    distill_coef_bounds: tuple[float, float] = _setting((1e-4, 10.0), _coef_bounds, "clamp range of the adaptive coefficient")
+
+    def __post_init__(self) -> None:
+        for name, validator in self.validators().items():
+            object.__setattr__(self, name, validator(name, getattr(self, name)))
+        self.check_combination(dataclasses.asdict(self))
+
+    @classmethod
+    def validators(cls) -> dict[str, v.Validator]:
+        """The validator of every setting, keyed by its keyword name."""
+        return {item.name: item.metadata["validator"] for item in dataclasses.fields(cls)}
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(item.name for item in dataclasses.fields(cls))
+
+    @classmethod
+    def docs(cls) -> dict[str, str]:
+        return {item.name: item.metadata["doc"] for item in dataclasses.fields(cls)}
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {item.name: item.default for item in dataclasses.fields(cls)}
+
+    @staticmethod
+    def check_combination(values: Mapping[str, Any]) -> None:
+        """Checks across settings (each value already valid on its own); `values` may hold a subset."""
+        coef = values.get("distill_coef", 0.5)
+        if values.get("distill_target_kl") is not None and (callable(coef) or isinstance(coef, str)):
+            raise UsageError("an adaptive coefficient (distill_target_kl) starts from a constant distill_coef, not a schedule")
+        if callable(coef):
+            schedule: Callable[[float], float] = parse_schedule(coef, "distill_coef")
+            if schedule(1.0) < 0 or schedule(0.0) < 0:
+                raise UsageError(f"distill_coef must be >= 0, got {coef!r}; use 0 to turn distillation off")
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> DistillConfig:
+        """Pop this config's keys out of an algorithm's keyword arguments (the rest go to SB3)."""
+        return cls(**{name: kwargs.pop(name) for name in cls.names() if name in kwargs})
+
+    @property
+    def is_off(self) -> bool:
+        """The constant weight 0 without adaptation: no teacher is built, training is the SB3 parent's."""
+        coef = self.distill_coef
+        constant_zero = isinstance(coef, int | float) and not isinstance(coef, bool) and coef == 0
+        return constant_zero and self.distill_target_kl is None
+
+    def check_teacher_mode(self, supported: tuple[str, ...], owner: str) -> None:
+        if self.teacher_mode not in supported:
+            choices = ", ".join(supported)
+            raise UsageError(f"teacher_mode {self.teacher_mode!r} is not available for {owner}; use one of {choices}")
