@@ -21,12 +21,27 @@ def test_ppo_with_zero_coef_is_sb3_ppo_bit_for_bit(env_id):
     assert len(model.teacher_networks) == 0 and model.distiller.teacher.n_updates == 0
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_ppo_before_first_refresh_is_sb3_ppo_bit_for_bit(env_id):
-    """The distilling train() path, with no teacher yet, must be PPO's exactly (no extra RNG draws)."""
-    reference = PPO("MlpPolicy", env_id, seed=4, **PPO_TINY).learn(512)
-    model = SelfDistillPPO("MlpPolicy", env_id, seed=4, teacher_update_interval=10**9, **PPO_TINY).learn(512)
+@pytest.mark.parametrize(
+    "env_id,options",
+    [
+        ("CartPole-v1", {}),
+        ("Pendulum-v1", {}),
+        # The branches of PPO.train that the default settings never enter.
+        ("Pendulum-v1", {"clip_range_vf": 0.1}),
+        ("CartPole-v1", {"target_kl": 1e-5, "n_epochs": 4}),  # stops early in most rollouts
+        ("Pendulum-v1", {"normalize_advantage": False}),
+    ],
+)
+def test_ppo_before_first_refresh_is_sb3_ppo_bit_for_bit(env_id, options):
+    """The copied train() of the distilling path, with no teacher yet, must be PPO's exactly (no extra RNG draws)."""
+    kwargs = {**PPO_TINY, **options}
+    reference = PPO("MlpPolicy", env_id, seed=4, **kwargs).learn(512)
+    model = SelfDistillPPO("MlpPolicy", env_id, seed=4, teacher_update_interval=10**9, **kwargs).learn(512)
     assert_same_parameters(reference.policy, model.policy)
+    n_updates = reference.logger.name_to_value["train/n_updates"]
+    assert model.logger.name_to_value["train/n_updates"] == n_updates
+    if "target_kl" in options:
+        assert n_updates < 512 // kwargs["n_steps"] * kwargs["n_epochs"], "early stopping never happened"
 
 
 def test_dqn_with_zero_coef_is_sb3_dqn_bit_for_bit():
