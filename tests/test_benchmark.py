@@ -11,10 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rl_selfdistill.benchmark import cli as bench_cli
 from rl_selfdistill.benchmark.grid import EnvBudget, Manifest, RunSpec, RunState, merge_manifest, run_state
 from rl_selfdistill.benchmark.runners import RunJob, threads_per_worker, train_command
+from rl_selfdistill.cli import benchmark as bench_cli
 from rl_selfdistill.cli import main
+from rl_selfdistill.config import parse_params
 from rl_selfdistill.errors import UsageError
 
 # Tiny budgets: 8 envs x 32 steps per PPO rollout, so 768 steps are 3 rollouts.
@@ -38,13 +39,14 @@ def manifest(**changes):
 
 
 def test_params_are_yaml_values():
-    assert bench_cli.parse_params(["distill_coef:0.1", "teacher_mode:ema", "net:[64, 64]"]) == {
+    # The benchmark reads -params with the same parser as train.
+    assert parse_params(["distill_coef:0.1", "teacher_mode:ema", "net:[64, 64]"]) == {
         "distill_coef": 0.1,
         "teacher_mode": "ema",
         "net": [64, 64],
     }
-    with pytest.raises(UsageError, match="KEY:VALUE"):
-        bench_cli.parse_params(["distill_coef=0.1"])
+    with pytest.raises(UsageError, match="key:value"):
+        parse_params(["distill_coef=0.1"])
 
 
 def test_manifest_keeps_its_id_and_refuses_a_changed_experiment():
@@ -148,7 +150,7 @@ def wait_for(condition, timeout):
 @pytest.mark.slow  # 3 real runs in fresh processes plus a re-run: minutes on a busy 2-core machine
 def test_rerun_after_a_kill_finishes_only_the_missing_runs(tmp_path):
     """Kill a 1-worker benchmark while its second run is mid-training, then re-run the same command."""
-    from rl_selfdistill.train import list_checkpoints
+    from rl_selfdistill.run.checkpoints import list_checkpoints
 
     out = tmp_path / "out"
     argv = ["benchmark", "--envs", "CartPole-v1", "--algos", "ppo", "--seeds", "3", "-n", "1536", "--save-freq", "256"]

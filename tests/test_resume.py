@@ -9,6 +9,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,13 @@ import pytest
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from rl_selfdistill.train import (
-    CHECKPOINT_SLEEP_ENV,
-    TrainRequest,
-    list_checkpoints,
-    load_checkpoint,
-    read_config,
-    resume_training,
-    run_training,
-)
-from tests.helpers import cli_command
+from rl_selfdistill.algos import registry
+from rl_selfdistill.run import TrainRequest, resume_training, run_training
+from rl_selfdistill.run.checkpoints import REPLAY_BUFFER, list_checkpoints, load_checkpoint
+from rl_selfdistill.run.rundir import read_config
+
+# Runs the CLI with each checkpoint held between its complete temp folder and its rename, so a kill can land there.
+PAUSING_DRIVER = Path(__file__).with_name("checkpoint_pause_driver.py")
 
 CHECKPOINT_STEP = 512
 SMALL_NET = {"net_arch": [32, 32]}
@@ -62,8 +60,8 @@ def one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
-def _request(algo: str, run_dir: Path) -> TrainRequest:
-    return TrainRequest(
+def _request(algo: str, run_dir: Path, **changes: Any) -> TrainRequest:
+    fields: dict[str, Any] = dict(
         algo=algo,
         env_id="CartPole-v1",
         n_timesteps=1536,
@@ -73,12 +71,14 @@ def _request(algo: str, run_dir: Path) -> TrainRequest:
         eval_freq=0,
         save_freq=CHECKPOINT_STEP,
         keep_checkpoints=10,
+        save_replay_buffer=True,
         hyperparams=HYPERPARAMS[algo],
         wandb_mode="disabled",
         progress=False,
         verbose=0,
         run_dir=run_dir,
     )
+    return TrainRequest(**{**fields, **changes})
 
 
 def capture(model: Any) -> dict[str, Any]:
@@ -176,10 +176,8 @@ def _interrupted_copy(run_dir: Path, target: Path, step: int) -> Path:
 
 
 def _final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
-    from rl_selfdistill.train import algo_class
-
     config = read_config(run_dir)
-    return algo_class(config["algo"]).load(run_dir / "model.zip", device="cpu").policy.state_dict()
+    return registry.algo_class(config["algo"]).load(run_dir / "model.zip", device="cpu").policy.state_dict()
 
 
 @pytest.mark.parametrize("algo", ["sd_ppo", "sd_dqn"])
@@ -190,6 +188,7 @@ def test_resume_is_exact(algo: str, tmp_path: Path, isolated_home: Path):
     checkpoint = next(path for path in list_checkpoints(run_dir) if path.name.endswith(f"_{CHECKPOINT_STEP:012d}"))
 
     # Right after the restore: model, teacher, optimizer, VecNormalize, replay buffer and RNG states as saved.
+    assert (checkpoint / REPLAY_BUFFER).exists() == (algo == "sd_dqn")  # asked for with save_replay_buffer=True
     model, _eval_env, meta = load_checkpoint(checkpoint, read_config(run_dir), device="cpu")
     assert meta["num_timesteps"] == CHECKPOINT_STEP
     assert_same(at_checkpoint.state, capture(model))
@@ -216,7 +215,7 @@ def _progress_steps(run_dir: Path) -> list[int]:
     return [int(float(line.split(",")[column])) for line in lines[1:]]
 
 
-def _start(run_dir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
+def _start(run_dir: Path, env: dict[str, str], *extra: str, pause_s: float = 1.0) -> subprocess.Popen:
     args = (
         ["train", "--resume", str(run_dir)]
         if extra == ("resume",)
@@ -256,7 +255,8 @@ def _start(run_dir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
             "policy_kwargs:{net_arch: [16]}",
         ]
     )
-    return subprocess.Popen([*cli_command(), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, str(PAUSING_DRIVER), str(pause_s), *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _kill_during_checkpoint_write(process: subprocess.Popen, run_dir: Path, after_step: int, timeout: float = 240) -> int:
@@ -276,9 +276,8 @@ def _kill_during_checkpoint_write(process: subprocess.Popen, run_dir: Path, afte
 
 def test_sigkill_at_random_moments_is_always_resumable(tmp_path: Path, isolated_home: Path):
     run_dir = tmp_path / "run"
-    rng = random.Random()
-    # The sleep holds each checkpoint between its temp write and its rename, so a kill can land inside one.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", CHECKPOINT_SLEEP_ENV: "1.0"}
+    rng = random.Random(20261202)  # seeded: a failure replays with the same kill times
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     killed_step = _kill_during_checkpoint_write(_start(run_dir, env), run_dir, after_step=0)
     assert all(int(path.name.split("_")[1]) < killed_step for path in list_checkpoints(run_dir))
@@ -291,11 +290,11 @@ def test_sigkill_at_random_moments_is_always_resumable(tmp_path: Path, isolated_
         process.wait()
 
     process = _start(run_dir, env, "resume")
-    killed_step = _kill_during_checkpoint_write(
+    _kill_during_checkpoint_write(
         process, run_dir, after_step=max((int(path.name.split("_")[1]) for path in list_checkpoints(run_dir)), default=0)
     )
 
-    final = _start(run_dir, {**env, CHECKPOINT_SLEEP_ENV: "0"}, "resume")
+    final = _start(run_dir, env, "resume", pause_s=0.0)
     _, stderr = final.communicate(timeout=400)
     assert final.returncode == 0, stderr[-3000:]
     state = json.loads((run_dir / "run.json").read_text())
@@ -306,4 +305,41 @@ def test_sigkill_at_random_moments_is_always_resumable(tmp_path: Path, isolated_
     # Non-decreasing: rows logged after a checkpoint by a killed process were dropped on resume, not duplicated.
     # (Equal neighbours are fine: an evaluation dumps its own row at a rollout's step.)
     assert steps == sorted(steps) and steps[-1] == 3072
-    assert killed_step > 0
+
+
+def test_replay_buffer_is_checkpointed_only_when_asked(tmp_path: Path, isolated_home: Path, capsys):
+    run_dir = run_training(_request("sd_dqn", tmp_path / "run", n_timesteps=1024, save_replay_buffer=False))
+    checkpoints = list_checkpoints(run_dir)
+    assert checkpoints and not any((checkpoint / REPLAY_BUFFER).exists() for checkpoint in checkpoints)
+    assert read_config(run_dir)["options"]["save_replay_buffer"] is False
+
+    copy_dir = _interrupted_copy(run_dir, tmp_path / "resumed", CHECKPOINT_STEP)
+    capsys.readouterr()
+    resume_training(copy_dir)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "replay buffer" in line]
+    assert len(notes) == 1 and "restarts empty" in notes[0] and "--save-replay-buffer" in notes[0], notes
+    assert json.loads((copy_dir / "run.json").read_text())["status"] == "finished"
+
+
+def _evaluations(run_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(run_dir / "evaluations.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+def test_evaluation_history_is_whole_after_a_resume(tmp_path: Path, isolated_home: Path, capsys):
+    request = _request("sd_ppo", tmp_path / "run", n_timesteps=1024, eval_freq=256, eval_episodes=2)
+    run_dir = run_training(request)
+    before = _evaluations(run_dir)
+    assert before["timesteps"].tolist() == [256, 512, 768, 1024]
+
+    copy_dir = _interrupted_copy(run_dir, tmp_path / "resumed", CHECKPOINT_STEP)
+    capsys.readouterr()
+    resume_training(copy_dir)
+    assert "replay buffer" not in capsys.readouterr().err  # on-policy: nothing to say
+    after = _evaluations(copy_dir)
+    # The evaluations up to the checkpoint are kept as they were, those after it are made again.
+    assert after["timesteps"].tolist() == [256, 512, 768, 1024]
+    for key in ("results", "ep_lengths"):
+        assert after[key].shape == before[key].shape and np.array_equal(after[key][:2], before[key][:2]), key
+    eval_steps = [line.split(",")[0] for line in (copy_dir / "eval.csv").read_text().splitlines()[1:]]
+    assert eval_steps == ["256", "512", "768", "1024"]

@@ -15,7 +15,8 @@ import imageio.v2 as imageio
 import pytest
 import yaml
 
-from rl_selfdistill.train import allocate_run_dir, list_checkpoints
+from rl_selfdistill.run.checkpoints import list_checkpoints
+from rl_selfdistill.run.rundir import allocate_run_dir
 from tests.helpers import cli_command, read_wandb_artifacts, read_wandb_config, read_wandb_history, read_wandb_run
 
 Runner = Callable[..., subprocess.CompletedProcess]

@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rl_selfdistill.algos import registry
 from rl_selfdistill.benchmark._compat import patch_pandas_deprecate_kwarg
-from rl_selfdistill.benchmark.grid import BASE_ALGO, RunSpec, RunState, read_run_info, run_state
+from rl_selfdistill.benchmark.grid import RunSpec, RunState, run_state
+from rl_selfdistill.run.rundir import EVAL_CSV, read_run_info
 
 patch_pandas_deprecate_kwarg()  # before rliable imports arch
 
@@ -59,7 +61,7 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Reference:
-    random_score: float
+    random_score: float  # the suite's floor_score: its random score, or its do-nothing score where that is higher
     reference_score: float
 
     def normalise(self, score: float) -> float:
@@ -82,8 +84,15 @@ def final_window_score(evals: pd.DataFrame, n_timesteps: int, fraction: float = 
     return float(window["mean_reward"].mean())
 
 
+def score_fraction(env_id: str) -> float:
+    """Continual envs are scored on every evaluation (the mean over the whole level sequence); others on the final 10%."""
+    from rl_selfdistill.envs.continual import is_continual
+
+    return 1.0 if is_continual(env_id) else SCORE_FRACTION
+
+
 def read_evals(run_dir: Path) -> pd.DataFrame | None:
-    path = run_dir / "eval.csv"
+    path = run_dir / EVAL_CSV
     try:
         evals = pd.read_csv(path)
     except (FileNotFoundError, pd.errors.EmptyDataError):
@@ -115,7 +124,7 @@ def _score_or_problem(result: RunResult) -> tuple[float | None, str | None]:
         return None, f"unfinished ({done}/{result.n_timesteps} steps)"
     if result.evals is None or result.evals.empty:
         return None, "no eval.csv"
-    score = final_window_score(result.evals, int(result.n_timesteps or 0))
+    score = final_window_score(result.evals, int(result.n_timesteps or 0), score_fraction(result.env_id))
     if score is None:
         return None, f"no evaluation in the final {SCORE_FRACTION:.0%} of training"
     return score, None
@@ -187,9 +196,14 @@ def comparison_groups(algos: set[str] | list[str]) -> list[list[str]]:
     each family is aggregated over the envs it has in full rather than over the intersection.
     """
     groups: dict[str, list[str]] = {}
-    for algo in sorted(algos, key=lambda name: (BASE_ALGO.get(name, name), name in BASE_ALGO, name)):
-        groups.setdefault(BASE_ALGO.get(algo, algo), []).append(algo)
+    for algo in sorted(algos, key=lambda name: (_base(name), _base(name) != name, name)):
+        groups.setdefault(_base(algo), []).append(algo)
     return list(groups.values())
+
+
+def _base(algo: str) -> str:
+    """The registry's base of `algo`; a name no longer registered (an old benchmark folder) stands alone."""
+    return registry.base_name(algo) if algo in registry.names() else algo
 
 
 def grouped_score_matrices(results: list[RunResult], references: dict[str, Reference]) -> list[ScoreMatrices]:
@@ -265,7 +279,7 @@ def _named(points: np.ndarray, intervals: np.ndarray, names: tuple[str, ...]) ->
 
 def improvement_pairs(algos: list[str]) -> list[tuple[str, str]]:
     """(SD algo, its base) for every SD algo whose base is also in the benchmark."""
-    return [(algo, BASE_ALGO[algo]) for algo in algos if algo in BASE_ALGO and BASE_ALGO[algo] in algos]
+    return registry.comparison_pairs([algo for algo in algos if algo in registry.names()])
 
 
 def probability_of_improvement(

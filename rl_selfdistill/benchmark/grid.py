@@ -11,26 +11,22 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from rl_selfdistill.algos import registry
 from rl_selfdistill.errors import UsageError
+from rl_selfdistill.run.rundir import read_run_info
 
 MANIFEST_NAME = "benchmark.json"
-RUN_INFO_NAME = "run.json"
-
-# Each self-distilling algorithm and the plain SB3 algorithm it extends.
-BASE_ALGO = {"sd_ppo": "ppo", "sd_dqn": "dqn"}
-KNOWN_ALGOS = ("ppo", "sd_ppo", "dqn", "sd_dqn")
 
 
-class RunState(str, Enum):
+class RunState(StrEnum):
     MISSING = "missing"  # no run directory yet
     INTERRUPTED = "interrupted"  # a run directory exists but training did not finish
     FINISHED = "finished"
@@ -88,8 +84,8 @@ class Manifest:
 
 
 def incompatibility(algo: str, env_id: str) -> str | None:
-    """Why `algo` cannot train on `env_id`, or None. Only DQN's discrete-action need is known up front."""
-    if BASE_ALGO.get(algo, algo) != "dqn":
+    """Why `algo` cannot train on `env_id`, or None. Only a discrete-action need is known up front."""
+    if not registry.get(algo).discrete_only:
         return None
     try:
         import gymnasium
@@ -108,18 +104,6 @@ def run_dir_for(out: Path, algo: str, env_id: str, seed: int) -> Path:
     return Path(out) / "runs" / algo / env_id / f"seed{seed}"
 
 
-def is_sd_algo(algo: str) -> bool:
-    return algo in BASE_ALGO
-
-
-def read_run_info(run_dir: Path) -> dict[str, Any] | None:
-    """The run's `run.json`, or None when it is absent or unreadable (a run killed while writing it)."""
-    try:
-        return json.loads((run_dir / RUN_INFO_NAME).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def run_state(run_dir: Path) -> RunState:
     if not run_dir.exists():
         return RunState.MISSING
@@ -130,30 +114,18 @@ def run_state(run_dir: Path) -> RunState:
 
 
 def validate_algos(algos: list[str]) -> None:
-    unknown = [algo for algo in algos if algo not in KNOWN_ALGOS]
-    if unknown:
-        raise UsageError(f"unknown algo {unknown[0]!r}; choose from {', '.join(KNOWN_ALGOS)}")
+    """Every name must be registered (an unknown one is a one-line error naming the closest)."""
+    for algo in algos:
+        registry.get(algo)
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def new_benchmark_id(suite: str | None) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{suite or 'custom'}-{stamp}-{uuid.uuid4().hex[:6]}"
-
-
-def git_commit() -> str | None:
-    """The commit of the installed source tree (None outside a git checkout)."""
-    package_root = Path(__file__).resolve().parents[2]
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(package_root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
 
 
 def hardware_info() -> dict[str, Any]:

@@ -11,12 +11,13 @@ import shutil
 from pathlib import Path
 
 from rl_selfdistill.benchmark.aggregate import specs_with_runs_on_disk
-from rl_selfdistill.benchmark.grid import MANIFEST_NAME, RUN_INFO_NAME, load_manifest
+from rl_selfdistill.benchmark.grid import MANIFEST_NAME, load_manifest
 from rl_selfdistill.errors import UsageError
+from rl_selfdistill.run.rundir import DESCRIPTION_FILES
 
 # What the report reads (run.json, eval.csv), and what a reader needs to see how a run was made
 # and how it trained (config.yaml, command.txt, and progress.csv with every SB3 and distill/ key).
-PUBLISHED_RUN_FILES = (RUN_INFO_NAME, "eval.csv", "progress.csv", "config.yaml", "command.txt")
+PUBLISHED_RUN_FILES = DESCRIPTION_FILES
 
 
 def publish_results(out: Path, dest: Path) -> list[Path]:

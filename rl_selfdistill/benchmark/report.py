@@ -7,14 +7,14 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rl_selfdistill.benchmark import aggregate, plots
+from rl_selfdistill.benchmark import aggregate, paired, plots
 from rl_selfdistill.benchmark.aggregate import METRIC_NAMES, SCORE_FRACTION, Reference, RunResult, ScoreMatrices
 from rl_selfdistill.benchmark.grid import Manifest, load_manifest
 from rl_selfdistill.errors import UsageError
@@ -25,7 +25,10 @@ SCORE_DEFINITION = (
     "Normalised score: (score - random_score) / (reference_score - random_score), with the suite's per-env values. "
     "Aggregates (IQM, mean, median, optimality gap at 1.0) pool the normalised scores of all runs and envs; "
     "95% confidence intervals come from rliable's stratified bootstrap over runs. "
-    "P(X > Y) is the probability that a run of X beats a run of Y on the same env, averaged over envs."
+    "P(X > Y) is the probability that a run of X beats a run of Y on the same env, averaged over envs. "
+    "Continual envs (Continual-*) are scored on all their evaluations instead: the mean return over the whole "
+    "level sequence. The floor of a normalised score is the suite's floor: the larger of its random and "
+    "do-nothing scores."
 )
 _REPORT_PACKAGES = ("rl-selfdistill", "stable-baselines3", "torch", "gymnasium", "numpy", "rliable", "ray")
 
@@ -51,6 +54,8 @@ class Analysis:
     benchmarks: list[tuple[Path, Manifest | None]]
     # (run directory, reason) of the runs an --exclude path left out: listed, never dropped silently.
     left_out: list[tuple[str, str]]
+    # Each SD algo against its base, per env, seeds as pairs (benchmark/paired.py).
+    paired_stats: list[paired.PairedResult] = field(default_factory=list)
 
     @property
     def scores(self) -> dict[str, np.ndarray]:
@@ -69,7 +74,9 @@ def load_references(suite: str | None, env_ids: list[str]) -> dict[str, Referenc
     for name in [suite] if suite else _suite_names():
         for entry in _suite_entries(load_suite(name)):
             if entry.env_id in env_ids and entry.env_id not in references and _has_reference(entry):
-                references[entry.env_id] = Reference(float(entry.random_score), float(entry.reference_score))
+                # The floor (random, or doing nothing where that scores higher) is what 0 means
+                floor = getattr(entry, "floor_score", entry.random_score)
+                references[entry.env_id] = Reference(float(floor), float(entry.reference_score))
     return references
 
 
@@ -111,7 +118,8 @@ def analyse(
     improvement = aggregate.probability_of_improvement(scores, pairs, reps=reps)
     env_rows = aggregate.per_env_table(results, references)
     benchmarks = list(zip(folders, manifests))
-    return Analysis(results, references, groups, estimates, improvement, env_rows, benchmarks, left_out)
+    paired_stats = paired.paired_statistics(results, aggregate.improvement_pairs(sorted({r.algo for r in results})))
+    return Analysis(results, references, groups, estimates, improvement, env_rows, benchmarks, left_out, paired_stats)
 
 
 def as_folders(outs: Path | Sequence[Path]) -> list[Path]:
@@ -253,6 +261,7 @@ def build_summary(analysis: Analysis, figures: dict[str, Path], report_dir: Path
         ],
         "aggregate": analysis.estimates,
         "probability_of_improvement": analysis.improvement,
+        "paired": {"definition": paired.DEFINITION, "per_env": [result.as_dict() for result in analysis.paired_stats]},
         "per_env": analysis.env_rows,
         "references": {env: vars(ref) for env, ref in sorted(analysis.references.items())},
         "runs": [_run_entry(result, report_dir) for result in analysis.results],
@@ -296,7 +305,7 @@ def _run_entry(result: RunResult, report_dir: Path) -> dict[str, Any]:
 
 
 def _run_infos(results: list[RunResult], key: str) -> list[Any]:
-    from rl_selfdistill.benchmark.grid import read_run_info
+    from rl_selfdistill.run.rundir import read_run_info
 
     return [(read_run_info(r.run_dir) or {}).get(key) for r in results if r.status != "missing"]
 
@@ -325,6 +334,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         _md_header(summary),
         _md_aggregate(summary),
         _md_improvement(summary),
+        _md_paired(summary),
         _md_per_env(summary),
         _md_figures(summary),
         _md_runs(summary),
@@ -393,11 +403,29 @@ def _md_improvement(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _md_paired(summary: dict[str, Any]) -> str:
+    rows = summary.get("paired", {}).get("per_env", [])
+    if not rows:
+        return ""
+    lines = [
+        "## Paired by seed (SD - base, raw returns)",
+        "",
+        "| env | X | Y | pairs | median X - Y [95% CI] | mean X - Y | sign-flip p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        interval = f"{row['median']:.2f} [{row['low']:.2f}, {row['high']:.2f}]"
+        p_value = f"{row['p_value']:.3f}" + ("" if row["exact"] else " (MC)")
+        cells = [row["env_id"], row["algo"], row["base"], str(row["n_pairs"]), interval, f"{row['mean']:.2f}", p_value]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", summary["paired"]["definition"]])
+
+
 def _md_per_env(summary: dict[str, Any]) -> str:
     lines = [
         "## Per environment (raw returns)",
         "",
-        "| env | algo | scored / expected | mean ± std | IQM | normalised mean | random / reference |",
+        "| env | algo | scored / expected | mean ± std | IQM | normalised mean | floor / reference |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in summary["per_env"]:

@@ -1,6 +1,6 @@
 """Executing grid cells: one training run per job, on a local process pool or as Ray tasks.
 
-Both backends call the same `execute_run`, which goes through the training module exactly
+Both backends call the same `execute_run`, which goes through `rl_selfdistill.run` exactly
 as `rl-selfdistill train` does, so a benchmark run is indistinguishable from a train run.
 Scheduling is left to `concurrent.futures` and Ray respectively.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shlex
 import time
 import traceback
 from collections.abc import Iterator
@@ -19,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rl_selfdistill.benchmark.grid import RunSpec, RunState, read_run_info, run_state
+from rl_selfdistill.benchmark.grid import RunSpec, RunState, run_state
+from rl_selfdistill.run import rundir
 
 # Ray's object store only carries small job descriptions and outcomes here.
 _RAY_OBJECT_STORE_BYTES = 100 * 2**20
@@ -69,20 +69,20 @@ def execute_run(job: RunJob) -> RunOutcome:
 
 
 def _train_or_resume(job: RunJob, state: RunState) -> None:
-    from rl_selfdistill import train
+    from rl_selfdistill.run import resume_training, run_training
 
     if state is RunState.INTERRUPTED and not _resumable(job.run_dir):
         set_aside(job.run_dir)
         state = RunState.MISSING
     if state is RunState.INTERRUPTED:
-        train.resume_training(job.run_dir)
+        resume_training(job.run_dir)
     else:
-        train.run_training(build_train_request(job))
+        run_training(build_train_request(job))
 
 
 def _resumable(run_dir: Path) -> bool:
     """A run killed before it wrote its config and state has nothing to resume from."""
-    return (run_dir / "config.yaml").is_file() and read_run_info(run_dir) is not None
+    return (run_dir / rundir.CONFIG).is_file() and rundir.read_run_info(run_dir) is not None
 
 
 def set_aside(run_dir: Path) -> Path:
@@ -95,7 +95,7 @@ def set_aside(run_dir: Path) -> Path:
 
 def build_train_request(job: RunJob) -> Any:
     """The `TrainRequest` the `train` command would build for this cell (quiet: no progress bar, no log table)."""
-    from rl_selfdistill.train import TrainRequest
+    from rl_selfdistill.run import TrainRequest
 
     options = {key: value for key, value in job.train_options.items() if value is not None}
     return TrainRequest(
@@ -107,6 +107,7 @@ def build_train_request(job: RunJob) -> Any:
         run_dir=job.run_dir,
         wandb_group=job.wandb_group,
         extra_tags=list(job.tags),
+        num_threads=job.torch_threads,
         progress=False,
         verbose=0,
         command=train_command(job),
@@ -116,22 +117,28 @@ def build_train_request(job: RunJob) -> Any:
 
 def train_command(job: RunJob) -> str:
     """The `rl-selfdistill train` command that reproduces this cell on its own (recorded in command.txt)."""
-    words = ["rl-selfdistill", "train", "--algo", job.spec.algo, "--env", job.spec.env_id]
-    words += ["-n", str(job.spec.n_timesteps), "--seed", str(job.spec.seed), "--run-dir", str(job.run_dir)]
-    for key, value in job.train_options.items():
-        if value is not None:
-            words += [f"--{key.replace('_', '-')}", str(value)]
-    if job.wandb_group:
-        words += ["--wandb-group", job.wandb_group]
-    if job.tags:
-        words += ["--tags", *job.tags]
-    if job.hyperparams:
-        words += ["-params", *(f"{key}:{json.dumps(value)}" for key, value in job.hyperparams.items())]
-    return shlex.join([*words, "--no-progress", "--verbose", "0"])
+    options: dict[str, Any] = {
+        "--algo": job.spec.algo,
+        "--env": job.spec.env_id,
+        "-n": job.spec.n_timesteps,
+        "--seed": job.spec.seed,
+        "--run-dir": job.run_dir,
+        **{f"--{key.replace('_', '-')}": value for key, value in job.train_options.items()},
+        "--num-threads": job.torch_threads,
+        "--wandb-group": job.wandb_group,
+        "--tags": job.tags,
+        "-params": [f"{key}:{json.dumps(value)}" for key, value in job.hyperparams.items()],
+        "--no-progress": True,
+        "--verbose": 0,
+    }
+    return rundir.format_command([rundir.PROGRAM, "train"], options)
 
 
 def limit_threads(n_threads: int) -> None:
-    """Cap intra-op threads so `workers` concurrent runs do not oversubscribe the cores."""
+    """Cap this worker's native thread pools (OpenMP, MKL) so `workers` concurrent runs do not oversubscribe the cores.
+
+    The run itself gets its torch thread count explicitly (TrainRequest.num_threads).
+    """
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(n_threads)
     import torch

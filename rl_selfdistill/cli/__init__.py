@@ -1,0 +1,43 @@
+"""`rl-selfdistill` command line: train | evaluate | benchmark | report | throughput.
+
+Each subcommand is a module of this package exposing `register(subparsers)`, which adds its
+parser (through `common.add_command`) and sets `func` to a handler `(argparse.Namespace) -> int`.
+A handler raises `UsageError` for bad input; `main` prints it as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+from rl_selfdistill.cli.common import HelpFormatter, OneLineErrorParser
+from rl_selfdistill.errors import UsageError
+
+# Subcommand modules of this package, in the order `--help` lists them.
+SUBCOMMANDS = ("train", "evaluate", "benchmark", "report", "throughput")
+
+
+def build_parser() -> OneLineErrorParser:
+    parser = OneLineErrorParser(
+        prog="rl-selfdistill",
+        description="Self-distilling PPO and DQN: train, evaluate and benchmark.",
+        formatter_class=HelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as error:
+        print(f"rl-selfdistill {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

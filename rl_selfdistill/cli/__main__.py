@@ -1,0 +1,7 @@
+"""`python -m rl_selfdistill.cli ...`: the same as `rl-selfdistill ...`."""
+
+import sys
+
+from rl_selfdistill.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""`rl-selfdistill throughput`: paired A B A B fps comparison of two algos or env backends on one env."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rl_selfdistill.cli.common import add_command
+from rl_selfdistill.errors import UsageError
+
+HELP = "paired A B A B fps comparison of two algos or env backends on one env"
+DESCRIPTION = (
+    "Trains A and B with identical hyperparameters in one process, alternating timed trials, and "
+    "prints every trial's fps, the median of each and the ratio B/A. SPEC is ALGO[@BACKEND], e.g. sd_ppo@envpool."
+)
+
+
+def register(subparsers: Any) -> None:
+    from rl_selfdistill.benchmark.throughput import ThroughputSettings
+
+    defaults = ThroughputSettings()
+    parser = add_command(subparsers, "throughput", help=HELP, description=DESCRIPTION)
+    parser.add_argument("--env", required=True, help="env id")
+    parser.add_argument("--a", default="ppo", metavar="SPEC", help="baseline A")
+    parser.add_argument("--b", default="sd_ppo", metavar="SPEC", help="candidate B")
+    parser.add_argument("--pairs", type=int, default=5, help="number of A B rounds")
+    parser.add_argument("-n", "--timesteps", type=int, default=defaults.timesteps, help="env steps per timed trial")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps first (default: past the first teacher refresh)"
+    )
+    parser.add_argument("--n-envs", type=int, default=defaults.n_envs, help="parallel envs")
+    parser.add_argument("--device", default="auto", help="torch device")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of both models and envs")
+    parser.add_argument("--threads", "--num-threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ppo = parser.add_argument_group("PPO")
+    ppo.add_argument("--n-steps", type=int, default=defaults.n_steps, help="rollout length per env")
+    ppo.add_argument("--n-epochs", type=int, default=defaults.n_epochs, help="epochs per rollout")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="PPO minibatch / DQN batch")
+    dqn = parser.add_argument_group("DQN")
+    dqn.add_argument("--train-freq", type=int, default=defaults.train_freq, help="env steps between updates")
+    dqn.add_argument("--gradient-steps", type=int, default=defaults.gradient_steps, help="gradient steps per update")
+    dqn.add_argument("--learning-starts", type=int, default=defaults.learning_starts, help="steps before learning")
+    dqn.add_argument("--buffer-size", type=int, default=defaults.buffer_size, help="replay buffer size")
+    dqn.add_argument("--target-update-interval", type=int, default=defaults.target_update_interval, help="env steps")
+    sd = parser.add_argument_group("self-distillation (applied to SD specs only)")
+    sd.add_argument("--distill-coef", type=float, default=defaults.distill_coef, help="weight of the KL term")
+    sd.add_argument("--teacher-update-interval", type=int, default=defaults.teacher_update_interval, help="env steps")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON")
+    parser.set_defaults(func=run_throughput_command)
+
+
+def throughput_settings(args: argparse.Namespace) -> Any:
+    from rl_selfdistill.benchmark.throughput import ThroughputSettings
+
+    positive = {"-n": args.timesteps, "--n-envs": args.n_envs, "--n-steps": args.n_steps, "--batch-size": args.batch_size}
+    for flag, value in positive.items():
+        if value < 1:
+            raise UsageError(f"{flag} must be positive, got {value}")
+    return ThroughputSettings(
+        n_envs=args.n_envs,
+        timesteps=args.timesteps,
+        warmup_timesteps=args.warmup,
+        device=args.device,
+        seed=args.seed,
+        n_steps=args.n_steps,
+        n_epochs=args.n_epochs,
+        batch_size=args.batch_size,
+        train_freq=args.train_freq,
+        gradient_steps=args.gradient_steps,
+        learning_starts=args.learning_starts,
+        buffer_size=args.buffer_size,
+        target_update_interval=args.target_update_interval,
+        distill_coef=args.distill_coef,
+        teacher_update_interval=args.teacher_update_interval,
+    )
+
+
+def run_throughput_command(args: argparse.Namespace) -> int:
+    from rl_selfdistill.benchmark.throughput import AlgoSpec, check_pair, format_result, measure_throughput
+
+    a, b = AlgoSpec.parse(args.a), AlgoSpec.parse(args.b)
+    check_pair(a, b, args.pairs)
+    settings = throughput_settings(args)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    def report(label: str, trial: int, fps: float) -> None:
+        print(f"trial {trial + 1} {label}: {fps:.0f} fps", flush=True)
+
+    result = measure_throughput(args.env, a, b, args.pairs, settings, report=report)
+    print(format_result(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return 0

@@ -1,0 +1,156 @@
+"""`rl-selfdistill train`: one run from a preset, RL Zoo style options (the Zoo's names work as aliases)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rl_selfdistill.cli.common import add_command, add_gym_packages, key_values
+from rl_selfdistill.errors import UsageError
+
+HELP = "Train one agent from a preset (agents/<algo>.yaml), tracked in W&B and resumable."
+EXAMPLES = """examples:
+  rl-selfdistill train --algo sd_ppo --env CartPole-v1
+  rl-selfdistill train --algo sd_dqn --env PongNoFrameskip-v4 --seed 1 -params distill_coef:0.2 teacher_mode:ema
+  rl-selfdistill train --resume logs/sd_ppo/CartPole-v1_1
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = add_command(subparsers, "train", help=HELP, epilog=EXAMPLES)
+    add_train_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--algo", help="algorithm name from the registry, e.g. sd_ppo (required unless --resume)")
+    parser.add_argument("--env", dest="env_id", help="environment id, e.g. CartPole-v1 (required unless --resume)")
+    parser.add_argument(
+        "-n", "--n-timesteps", type=int, help="training budget in env steps (default: the preset's n_timesteps)"
+    )
+    parser.add_argument("--seed", type=int, help="random seed (default: drawn at random and recorded in config.yaml)")
+    parser.add_argument("--vec-env", default="auto", help="vectorised env backend: auto, dummy, subproc or envpool")
+    parser.add_argument("--n-envs", type=int, help="parallel environments (default: the preset's n_envs)")
+    parser.add_argument("--device", default="auto", help="torch device for the networks: auto, cpu, cuda or cuda:N")
+    parser.add_argument("--num-threads", type=int, help="torch threads (default: the cores the env workers leave free)")
+    parser.add_argument("-f", "--log-folder", type=Path, default=Path("logs"), help="runs go to LOG_FOLDER/<algo>/<env>_<N>")
+    parser.add_argument("--run-dir", type=Path, help="use exactly this (new or empty) run directory instead of -f numbering")
+    parser.add_argument("--eval-freq", type=int, default=10_000, help="evaluate every N env steps (0 disables)")
+    parser.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation")
+    parser.add_argument("--n-eval-envs", type=int, default=1, help="evaluation envs stepped side by side")
+    parser.add_argument("--save-freq", type=int, default=50_000, help="checkpoint every N env steps (0 disables)")
+    parser.add_argument("--keep-checkpoints", type=int, default=3, help="keep the newest K checkpoints")
+    parser.add_argument(
+        "--save-replay-buffer",
+        action="store_true",
+        help="put the replay buffer of off-policy algorithms into every checkpoint (exact resume; GBs for Atari)",
+    )
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its newest complete checkpoint")
+    parser.add_argument(
+        "-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="override preset keys, e.g. n_steps:256"
+    )
+    parser.add_argument(
+        "--env-kwargs", nargs="+", default=[], metavar="KEY:VALUE", help="keyword arguments of the env, over the preset's"
+    )
+    parser.add_argument(
+        "--conf-file", "-conf", type=Path, help="preset file to use instead of agents/<algo>.yaml (same format)"
+    )
+    add_gym_packages(parser)
+    _add_tracking_arguments(parser)
+    parser.add_argument("--video", action="store_true", help="record an MP4 of the final agent and log it to W&B")
+    progress = parser.add_mutually_exclusive_group()
+    progress.add_argument(
+        "-P", "--progress", dest="progress", action="store_true", default=True, help="progress bar (on a terminal only)"
+    )
+    progress.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: print SB3's log table when no progress bar")
+
+
+def _add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wandb-project", "--wandb-project-name", default="rl-selfdistill", help="W&B project")
+    parser.add_argument("--wandb-entity", help="W&B entity (default: your default entity)")
+    parser.add_argument("--wandb-group", help="W&B group (default: <algo>_<env>, shared by the seeds of a setting)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--wandb-mode",
+        default="auto",
+        help="auto (online if an API key is configured, else offline), online, offline, disabled",
+    )
+    mode.add_argument("--track", dest="wandb_mode", action="store_const", const="online", help="same as --wandb-mode online")
+    parser.add_argument("--tags", "-tags", "--wandb-tags", nargs="+", default=[], help="extra W&B tags")
+
+
+def request_from_args(args: argparse.Namespace) -> Any:
+    from rl_selfdistill.config import parse_params
+    from rl_selfdistill.run import TrainRequest
+    from rl_selfdistill.run.rundir import invoked_command
+
+    if not args.algo or not args.env_id:
+        raise UsageError("--algo and --env are required (or pass --resume RUN_DIR)")
+    return TrainRequest(
+        algo=args.algo,
+        env_id=args.env_id,
+        n_timesteps=args.n_timesteps,
+        seed=args.seed,
+        vec_env=args.vec_env,
+        n_envs=args.n_envs,
+        device=args.device,
+        log_folder=args.log_folder,
+        eval_freq=args.eval_freq,
+        eval_episodes=args.eval_episodes,
+        n_eval_envs=args.n_eval_envs,
+        save_freq=args.save_freq,
+        keep_checkpoints=args.keep_checkpoints,
+        save_replay_buffer=args.save_replay_buffer,
+        hyperparams=parse_params(args.hyperparams),
+        env_kwargs=key_values(args.env_kwargs, "--env-kwargs"),
+        conf_file=args.conf_file,
+        gym_packages=list(args.gym_packages),
+        num_threads=args.num_threads,
+        wandb_project=args.wandb_project,
+        wandb_entity=args.wandb_entity,
+        wandb_group=args.wandb_group,
+        wandb_mode=args.wandb_mode,
+        tags=list(args.tags),
+        progress=args.progress,
+        video=args.video,
+        verbose=args.verbose,
+        run_dir=args.run_dir,
+        command=invoked_command(),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from rl_selfdistill.run import prepare_resume, prepare_run
+    from rl_selfdistill.run.request import import_gym_packages
+
+    import_gym_packages(args.gym_packages)  # before --algo and --env are looked up
+    if args.resume is not None:
+        if args.algo or args.env_id or args.hyperparams or args.env_kwargs:
+            raise UsageError(
+                "--resume takes its settings from RUN_DIR/config.yaml; drop --algo, --env, -params and --env-kwargs"
+            )
+        training = prepare_resume(args.resume)
+    else:
+        training = prepare_run(request_from_args(args))
+    with training:
+        training.train()
+        if training.options.get("video"):
+            _record_final_video(training)
+    print(f"finished: {training.run_dir}")
+    return 0
+
+
+def _record_final_video(training: Any) -> None:
+    """One episode of the model just trained, as RUN_DIR/videos/final.mp4 and in the W&B run."""
+    from rl_selfdistill.evaluation import record_video
+    from rl_selfdistill.run import rundir
+
+    video = record_video(
+        training.model,
+        training.config,
+        training.run_dir / rundir.VIDEOS / "final.mp4",
+        statistics=training.model.get_vec_normalize_env(),
+    )
+    training.log_video(video)

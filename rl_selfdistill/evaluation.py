@@ -1,0 +1,165 @@
+"""Evaluating trained agents: find one in a run directory, load it, measure its returns, record an MP4.
+
+No command-line code here: `rl_selfdistill.cli.evaluate` and `rl_selfdistill.cli.train` call these.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import rl_selfdistill.run.rundir as rundir
+from rl_selfdistill.errors import UsageError
+
+DEFAULT_VIDEO_FPS = 30
+# Bounds the file size and the time spent rendering long Atari episodes.
+DEFAULT_MAX_FRAMES = 1000
+
+
+@dataclass
+class Agent:
+    """Where a trained agent's pieces are: its run config, weights and VecNormalize statistics."""
+
+    config: dict[str, Any]
+    run_dir: Path
+    model_path: Path
+    vecnormalize_path: Path | None
+
+
+def locate_agent(source: Path, *, best: bool = False) -> Agent:
+    """Resolve RUN_DIR (final, best or newest checkpointed model) or a model .zip inside a run directory."""
+    from rl_selfdistill.run.checkpoints import list_checkpoints
+
+    source = Path(source)
+    if not source.exists():
+        raise UsageError(f"{str(source)!r} does not exist; pass a run directory (logs/<algo>/<env>_<N>) or a model .zip")
+    run_dir = rundir.find_run_dir(source if source.is_dir() else source.parent)
+    if run_dir is None:
+        raise UsageError(f"no config.yaml in or above {str(source)!r}; pass a run directory written by rl-selfdistill train")
+    config = rundir.read_config(run_dir)
+    if source.is_file():
+        if source.suffix != ".zip":
+            raise UsageError(f"{str(source)!r} is not a model .zip; pass a run directory or a .zip saved by training")
+        stats = source.with_name(rundir.BEST_VECNORMALIZE if source.name == rundir.BEST_MODEL else rundir.VECNORMALIZE)
+        return Agent(config, run_dir, source, stats if stats.exists() else None)
+    candidates = [(run_dir / rundir.BEST_MODEL, run_dir / rundir.BEST_VECNORMALIZE)] if best else []
+    candidates.append((run_dir / rundir.MODEL, run_dir / rundir.VECNORMALIZE))
+    candidates.extend((ckpt / rundir.MODEL, ckpt / rundir.VECNORMALIZE) for ckpt in reversed(list_checkpoints(run_dir)))
+    for model_path, stats in candidates:
+        if model_path.is_file():
+            return Agent(config, run_dir, model_path, stats if stats.exists() else None)
+    raise UsageError(f"run {str(run_dir)!r} has no model.zip and no complete checkpoint yet; train or --resume it first")
+
+
+def evaluation_env(config: dict[str, Any], *, seed: int, statistics: Any = None, render: bool = False) -> Any:
+    """One env of the run's env id and preset, with frozen VecNormalize `statistics` (path or live) when given."""
+    from rl_selfdistill.run.build import frozen_normalization, make_env
+
+    env = make_env(config["env_id"], config["hyperparams"], n_envs=1, backend="dummy", seed=seed, render=render)
+    return frozen_normalization(env, statistics) if statistics is not None else env
+
+
+def load_agent(agent: Agent, *, render: bool = False, seed: int = 0, device: str = "auto") -> tuple[Any, Any]:
+    """(model, env): one evaluation env, with frozen VecNormalize statistics and raw (unnormalised) rewards."""
+    from rl_selfdistill.run.build import load_model
+
+    env = evaluation_env(agent.config, seed=seed, statistics=agent.vecnormalize_path, render=render)
+    return load_model(agent.config, agent.model_path, env, device=device), env
+
+
+def _deterministic(config: dict[str, Any], requested: bool | None) -> bool:
+    from rl_selfdistill.run.build import evaluates_deterministically
+
+    return evaluates_deterministically(config["env_id"]) if requested is None else requested
+
+
+def evaluate_agent(
+    source: Path, *, episodes: int = 10, deterministic: bool | None = None, best: bool = False, seed: int = 0
+) -> tuple[float, float, list[float]]:
+    """Mean and std of the raw episode returns, and the returns themselves."""
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    if episodes < 1:
+        raise UsageError(f"--episodes must be >= 1, got {episodes}")
+    agent = locate_agent(source, best=best)
+    model, env = load_agent(agent, seed=seed)
+    try:
+        returns, _lengths = evaluate_policy(
+            model,
+            env,
+            n_eval_episodes=episodes,
+            deterministic=_deterministic(agent.config, deterministic),
+            return_episode_rewards=True,
+        )
+    finally:
+        env.close()
+    return float(np.mean(returns)), float(np.std(returns)), [float(value) for value in returns]
+
+
+def record_video(
+    model: Any,
+    config: dict[str, Any],
+    output: Path,
+    *,
+    statistics: Any = None,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    deterministic: bool | None = None,
+    seed: int = 0,
+) -> Path:
+    """Play one episode of `model` (at most `max_frames` frames) on the run's env and write it as an H.264 MP4.
+
+    `statistics` are the VecNormalize statistics the model expects (a path, or the live VecNormalize of training).
+    """
+    import imageio.v2 as imageio
+
+    # Rendering needs no display; without this SDL complains on headless machines.
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    env = evaluation_env(config, seed=seed, statistics=statistics, render=True)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temp = output.with_name(f".{output.stem}.tmp{output.suffix}")
+    fps = int(env.get_attr("metadata")[0].get("render_fps") or DEFAULT_VIDEO_FPS)
+    try:
+        with imageio.get_writer(temp, fps=min(fps, 60), codec="libx264", macro_block_size=2) as writer:
+            _play(model, env, writer, max_frames=max_frames, deterministic=_deterministic(config, deterministic))
+    finally:
+        env.close()
+    os.replace(temp, output)
+    return output
+
+
+def record_agent_video(
+    agent: Agent, output: Path, *, max_frames: int = DEFAULT_MAX_FRAMES, deterministic: bool | None = None, seed: int = 0
+) -> Path:
+    """record_video of a saved agent."""
+    from rl_selfdistill.run.build import load_model
+
+    model = load_model(agent.config, agent.model_path, None, device="auto")
+    return record_video(
+        model,
+        agent.config,
+        output,
+        statistics=agent.vecnormalize_path,
+        max_frames=max_frames,
+        deterministic=deterministic,
+        seed=seed,
+    )
+
+
+def _play(model: Any, env: Any, writer: Any, *, max_frames: int, deterministic: bool) -> None:
+    obs = env.reset()
+    state, episode_start = None, np.ones((1,), dtype=bool)
+    for _ in range(max_frames):
+        frame = env.render()
+        if frame is None:
+            raise UsageError("this environment cannot render rgb_array frames, so no video can be recorded")
+        writer.append_data(np.asarray(frame))
+        action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=deterministic)
+        obs, _reward, done, _info = env.step(action)
+        episode_start = done
+        if done[0]:
+            break

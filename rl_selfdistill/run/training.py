@@ -1,0 +1,241 @@
+"""One training run from start to finish: `run_training`, `resume_training` and the `TrainingRun` they drive.
+
+    with prepare_run(request) as run:      # run directory written, W&B and the SB3 logger started
+        run.train()                        # learn to the budget, save model.zip, status "finished"
+        ...                                # the caller may still use run.model (e.g. record a video)
+                                           # leaving the block closes the logger and the W&B run
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import rl_selfdistill.run.rundir as rundir
+from rl_selfdistill.errors import UsageError
+from rl_selfdistill.run.request import TrainRequest, check_device, import_gym_packages, resolve_config, with_provenance
+
+
+@dataclass
+class TrainingRun:
+    """A run directory with its model, evaluation env and state, between preparation and the end of training."""
+
+    config: dict[str, Any]
+    run_dir: Path
+    model: Any
+    eval_env: Any
+    state: dict[str, Any]
+    resumed: bool = False
+    extra_callbacks: list[Any] = field(default_factory=list)
+    extra_tags: list[str] = field(default_factory=list)
+    eval_history: dict[str, Any] = field(default_factory=dict)
+    wandb_run: Any = None
+    _clock_start: float = field(default_factory=time.monotonic)
+    _clock_base: float = 0.0
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.config["options"]
+
+    def update_state(self, **changes: Any) -> None:
+        self.state.update(changes)
+        self.state["num_timesteps_done"] = int(self.model.num_timesteps)
+        self.state["wall_clock_s"] = round(self._clock_base + time.monotonic() - self._clock_start, 3)
+        rundir.write_run_state(self.run_dir, self.state)
+
+    def checkpoint(self) -> None:
+        from rl_selfdistill.run.checkpoints import write_checkpoint
+
+        write_checkpoint(
+            self.run_dir,
+            self.model,
+            wandb_run_id=self.wandb_run.id if self.wandb_run is not None else None,
+            keep=self.options["keep_checkpoints"],
+            save_replay_buffer=bool(self.options.get("save_replay_buffer")),
+        )
+        self.update_state()
+
+    def __enter__(self) -> TrainingRun:
+        self._start_tracking()
+        self.update_state(status="running")
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        from rl_selfdistill import tracking
+
+        self.model.logger.close()
+        tracking.finish_wandb(self.wandb_run, exit_code=0 if kind is None else 1)
+
+    def train(self) -> None:
+        """Learn the rest of the budget, then save model.zip and mark the run finished."""
+        total = int(self.config["hyperparams"]["n_timesteps"])
+        remaining = max(total - int(self.model.num_timesteps), 0)
+        # SB3 adds num_timesteps to the budget when reset_num_timesteps=False (issue #1277): pass what is left.
+        self.model.learn(remaining, callback=self._callbacks(), reset_num_timesteps=not self.resumed)
+        if self.model._total_timesteps != total:
+            raise RuntimeError(f"schedule horizon is {self.model._total_timesteps}, expected {total}")
+        self._save_final_model()
+
+    def log_video(self, video: Path) -> None:
+        """Attach an MP4 of this run's agent to its W&B run (no-op without one)."""
+        from rl_selfdistill import tracking
+
+        if self.wandb_run is not None:
+            tracking.log_video(self.wandb_run, video, key="eval/video", step=self.model.num_timesteps)
+
+    def _callbacks(self) -> Any:
+        from stable_baselines3.common.callbacks import CallbackList
+
+        import rl_selfdistill.run.callbacks as callbacks
+        from rl_selfdistill.run.build import evaluates_deterministically
+
+        chosen: list[Any] = [callbacks.CheckpointCallback(self.checkpoint, self.options["save_freq"])]
+        n_envs = self.config["hyperparams"]["n_envs"]
+        if self.options["eval_freq"] > 0:
+            deterministic = evaluates_deterministically(self.config["env_id"])
+            evaluation = callbacks.make_eval_callback(
+                self.eval_env, self.run_dir, self.options, n_envs=n_envs, deterministic=deterministic
+            )
+            callbacks.continue_eval_history(evaluation, self.run_dir, int(self.model.num_timesteps), n_envs, self.eval_history)
+            chosen.append(evaluation)
+        if callbacks.progress_wanted(self.options["progress"]):
+            chosen.append(callbacks.ProgressBarCallback(self.config["hyperparams"]["n_timesteps"]))
+        return CallbackList([*chosen, *self.extra_callbacks])
+
+    def _start_tracking(self) -> None:
+        from rl_selfdistill import tracking
+        from rl_selfdistill.run.callbacks import progress_wanted
+
+        config, options = self.config, self.options
+        tags = [config["algo"], config["env_id"], *options["tags"], *options.get("extra_tags", []), *self.extra_tags]
+        self.wandb_run = tracking.init_wandb(
+            mode=options["wandb_mode"],
+            run_dir=self.run_dir,
+            project=options["wandb_project"],
+            entity=options["wandb_entity"],
+            group=options["wandb_group"] or f"{config['algo']}_{rundir.safe_env_name(config['env_id'])}",
+            name=self.run_dir.name,
+            tags=list(dict.fromkeys(tags)),
+            config=config,
+            run_id=self.state.get("wandb_run_id"),
+        )
+        if self.wandb_run is not None:
+            self.state["wandb_run_id"] = self.wandb_run.id
+        if options["verbose"] >= 1:
+            print(f"run directory: {self.run_dir}", file=sys.stderr)
+            print(tracking.describe_wandb_run(self.wandb_run), file=sys.stderr)
+        stdout_table = options["verbose"] >= 1 and not progress_wanted(options["progress"])
+        self.model.set_logger(tracking.make_logger(self.run_dir, self.wandb_run, stdout=stdout_table, resume=self.resumed))
+
+    def _save_final_model(self) -> None:
+        from rl_selfdistill import tracking
+
+        final = self.run_dir / rundir.MODEL
+        temp = self.run_dir / f".{rundir.MODEL}.tmp.zip"
+        self.model.save(temp)
+        os.replace(temp, final)
+        vecnormalize = self.model.get_vec_normalize_env()
+        if vecnormalize is not None:
+            vecnormalize.save(str(self.run_dir / rundir.VECNORMALIZE))
+        self.update_state(status="finished", finished_at=rundir.utc_now())
+        if self.wandb_run is not None:
+            name = f"model-{self.config['algo']}-{rundir.safe_env_name(self.config['env_id'])}-{self.wandb_run.id}"
+            metadata = {"num_timesteps": int(self.model.num_timesteps), "seed": self.config["seed"]}
+            tracking.log_model_artifact(self.wandb_run, final, name=name.replace("/", "_"), metadata=metadata)
+
+
+def prepare_run(request: TrainRequest, *, callbacks: list[Any] | None = None) -> TrainingRun:
+    """Check and resolve `request`, build envs and model, then write the new run directory.
+
+    Everything that can be wrong with the request is checked before the run directory exists.
+    """
+    from rl_selfdistill.run.build import build_envs, build_model, check_action_space
+
+    config = with_provenance(resolve_config(request))
+    env, eval_env = build_envs(config, seed=config["seed"])
+    check_action_space(request.algo, env)
+    model = build_model(config, env)
+    if request.run_dir:
+        run_dir = rundir.claim_run_dir(request.run_dir)
+    else:
+        run_dir = rundir.allocate_run_dir(request.log_folder, request.algo, request.env_id)
+    rundir.write_config(run_dir, config)
+    (run_dir / rundir.COMMAND).write_text((request.command or rundir.invoked_command()) + "\n")
+    rundir.start_eval_csv(run_dir)
+    state = rundir.initial_run_state(config)
+    rundir.write_run_state(run_dir, state)
+    return TrainingRun(config, run_dir, model, eval_env, state, extra_callbacks=list(callbacks or []))
+
+
+def prepare_resume(run_dir: Path, *, callbacks: list[Any] | None = None, extra_tags: list[str] | None = None) -> TrainingRun:
+    """The run in `run_dir` restored from its newest complete checkpoint (or restarted if it has none)."""
+    from rl_selfdistill.run.build import build_envs, build_model
+    from rl_selfdistill.run.checkpoints import list_checkpoints, load_checkpoint
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {str(run_dir)!r}: no such run directory; pass a folder like logs/sd_ppo/CartPole-v1_1")
+    # Custom envs and algorithms must be registered before the config is validated against them.
+    import_gym_packages(list(rundir.read_raw_config(run_dir)["options"].get("gym_packages") or []))
+    config = rundir.read_config(run_dir)
+    # A run killed between writing config.yaml and run.json has no state yet: it starts over.
+    state = rundir.read_run_state(run_dir) if (run_dir / rundir.RUN_STATE).exists() else rundir.initial_run_state(config)
+    if state["status"] == "finished":
+        raise UsageError(f"run {str(run_dir)!r} already finished its budget; start a new run instead of --resume")
+    check_device(config["options"]["device"])
+    checkpoints = list_checkpoints(run_dir)
+    if checkpoints:
+        model, eval_env, meta = load_checkpoint(checkpoints[-1], config)
+        state["wandb_run_id"] = meta.get("wandb_run_id") or state.get("wandb_run_id")
+        _say_if_replay_buffer_restarts(config, checkpoints[-1])
+    else:  # killed before its first checkpoint: start over in the same directory
+        env, eval_env = build_envs(config, seed=config["seed"])
+        model = build_model(config, env)
+    steps = int(model.num_timesteps)
+    history = rundir.rewind_logs(run_dir, steps)
+    run = TrainingRun(
+        config,
+        run_dir,
+        model,
+        eval_env,
+        state,
+        resumed=True,
+        extra_callbacks=list(callbacks or []),
+        extra_tags=list(extra_tags or []),
+        eval_history=history,
+    )
+    run._clock_base = float(state.get("wall_clock_s") or 0.0)
+    rundir.append_command(run_dir, rundir.invoked_command() + f"  # resumed at step {steps}")
+    return run
+
+
+def _say_if_replay_buffer_restarts(config: dict[str, Any], checkpoint: Path) -> None:
+    from rl_selfdistill.algos import registry
+    from rl_selfdistill.run.checkpoints import has_replay_buffer
+
+    if registry.get(config["algo"]).training != "off_policy" or has_replay_buffer(checkpoint):
+        return
+    print(
+        f"resume: {checkpoint.name} holds no replay buffer (saved without --save-replay-buffer), so it restarts empty: "
+        "the first updates sample only transitions collected after the resume, and the run is not an exact continuation",
+        file=sys.stderr,
+    )
+
+
+def run_training(request: TrainRequest, *, callbacks: list[Any] | None = None) -> Path:
+    """Train one run from scratch; returns its run directory. `callbacks` are extra SB3 callbacks (not recorded)."""
+    with prepare_run(request, callbacks=callbacks) as run:
+        run.train()
+    return run.run_dir
+
+
+def resume_training(run_dir: Path, *, callbacks: list[Any] | None = None, extra_tags: list[str] | None = None) -> Path:
+    """Continue a run from its newest complete checkpoint to its original budget; returns the run directory."""
+    with prepare_resume(run_dir, callbacks=callbacks, extra_tags=extra_tags) as run:
+        run.train()
+    return run.run_dir
