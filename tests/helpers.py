@@ -1,6 +1,6 @@
 """Helpers shared by the test modules (tests import helpers from here, never from each other).
 
-- the command that runs the installed `rl-selfdistill`;
+- the command that runs the installed `rl-selfdistill`, and a prelude that makes packages look uninstalled;
 - tiny SB3 hyperparameters and a parameter-equality assertion for the algorithm tests;
 - a reader of the files an offline W&B run writes (`run-<id>.wandb`), so tests can check what
   reached W&B without a server.
@@ -21,6 +21,21 @@ def cli_command() -> list[str]:
     """The installed console script when present (what users run), else the module entry point."""
     script = Path(sys.executable).with_name("rl-selfdistill")
     return [str(script)] if script.exists() else [sys.executable, "-m", "rl_selfdistill.cli"]
+
+
+def not_installed_prelude(packages: set[str]) -> str:
+    """Python source to run first in a fresh interpreter (`python -c`): afterwards, importing any of `packages`
+    raises ModuleNotFoundError, as when they are not installed. A real import failure, not a mock: a meta-path
+    finder ahead of the others refuses the names before anything has imported them."""
+    return (
+        "import sys\n"
+        "class _NotInstalled:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {sorted(packages)!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, _NotInstalled())\n"
+    )
 
 
 # ----------------------------------------------------------------------------- tiny algorithm settings

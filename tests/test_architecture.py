@@ -8,12 +8,16 @@ Python, not from the design: the modules still depend on each other.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import rl_selfdistill
+from tests.helpers import not_installed_prelude
 
 PACKAGE = "rl_selfdistill"
 PACKAGE_DIR = Path(rl_selfdistill.__file__).parent
@@ -220,6 +224,23 @@ def test_lower_layers_never_import_higher_ones(graph):
             if here is not None and there is not None and there[0] > here[0]:
                 violations.append(f"{importer} ({here[1]}) imports {imported} ({there[1]}) at line {line}")
     assert not violations, "layering (cli -> run -> config/envs/algos -> distill) broken:\n" + "\n".join(violations)
+
+
+def test_the_algorithms_need_no_extra():
+    """A drop-in SB3 algorithm library: with no optional extra installed, both algorithms import and train."""
+    extras = {"wandb", "tensorboard", "rliable", "ale_py", "envpool", "ray", "moviepy", "imageio", "optuna"}
+    script = not_installed_prelude(extras) + (
+        "from rl_selfdistill import SelfDistillDQN, SelfDistillPPO\n"
+        "SelfDistillPPO('MlpPolicy', 'CartPole-v1', n_steps=32, batch_size=32, n_epochs=1, teacher_update_interval=32,"
+        " device='cpu').learn(96)\n"
+        "SelfDistillDQN('MlpPolicy', 'CartPole-v1', learning_starts=16, teacher_update_interval=32, device='cpu').learn(96)\n"
+        "print('trained')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "trained"
 
 
 # ----------------------------------------------------------------------------- the analysis itself, on a toy package

@@ -14,7 +14,7 @@ from stable_baselines3.common.logger import CSVOutputFormat, Logger
 
 from rl_selfdistill import tracking
 from rl_selfdistill.errors import UsageError
-from tests.helpers import read_wandb_config, read_wandb_history
+from tests.helpers import not_installed_prelude, read_wandb_config, read_wandb_history
 
 
 def test_every_logger_key_reaches_wandb_with_the_env_step(isolated_home: Path, tmp_path: Path):
@@ -116,21 +116,7 @@ def test_describe_offline_run_tells_how_to_sync(isolated_home: Path, tmp_path: P
     assert "\n" not in text
 
 
-# A real import failure, not a mock: a meta-path finder installed before anything else is imported makes
-# `import wandb` / `import tensorboard` raise ModuleNotFoundError, exactly as when the package is not installed.
-_BLOCKING_PRELUDE = """
-import sys
-
-class _NotInstalled:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {blocked!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-        return None
-
-sys.meta_path.insert(0, _NotInstalled())
-from rl_selfdistill.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+_RUN_CLI = "from rl_selfdistill.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
 
 def test_training_without_the_track_extra_writes_progress_csv(isolated_home: Path, tmp_path: Path):
@@ -138,7 +124,7 @@ def test_training_without_the_track_extra_writes_progress_csv(isolated_home: Pat
     argv = ["train", "--algo", "ppo", "--env", "CartPole-v1", "-n", "256", "--seed", "0", "--run-dir", str(run_dir)]
     argv += ["--wandb-mode", "offline", "--eval-freq", "0", "--save-freq", "0", "--device", "cpu"]
     result = subprocess.run(
-        [sys.executable, "-c", _BLOCKING_PRELUDE.format(blocked={"wandb", "tensorboard"}), *argv],
+        [sys.executable, "-c", not_installed_prelude({"wandb", "tensorboard"}) + _RUN_CLI, *argv],
         cwd=tmp_path,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
@@ -155,8 +141,7 @@ def test_training_without_the_track_extra_writes_progress_csv(isolated_home: Pat
 
 
 def test_without_tensorboard_the_logger_writes_csv_only(tmp_path: Path):
-    prelude = _BLOCKING_PRELUDE.format(blocked={"tensorboard"}).split("from rl_selfdistill.cli")[0]
-    script = prelude + (
+    script = not_installed_prelude({"tensorboard"}) + (
         "from pathlib import Path\n"
         "from rl_selfdistill import tracking\n"
         f"logger = tracking.make_logger(Path({str(tmp_path)!r}), None, stdout=False, resume=False)\n"
