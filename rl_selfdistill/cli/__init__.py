@@ -15,7 +15,7 @@ from rl_selfdistill.cli.common import HelpFormatter, OneLineErrorParser
 from rl_selfdistill.errors import UsageError
 
 # Subcommand modules of this package, in the order `--help` lists them.
-SUBCOMMANDS = ("train", "evaluate", "benchmark", "report", "throughput")
+SUBCOMMANDS = ("train", "evaluate", "benchmark", "report", "throughput", "tune")
 
 
 def build_parser() -> OneLineErrorParser:

@@ -1,0 +1,220 @@
+"""One trial: an ordinary training run per (env, seed), reported to Optuna evaluation by evaluation.
+
+Each run is made by `rl_selfdistill.run.run_training`, like `rl-selfdistill train`, in
+STUDY_DIR/trials/trial_<NNNN>/<env>/seed<N>, so W&B, checkpoints and crash safety are the same.
+Intermediate values are the runs' evaluations (eval.csv rows), numbered across the trial's runs in
+a fixed order (env-major, then seed), so step k means the same env, seed and evaluation in every
+trial and the pruner compares like with like. A pruned run stops at once; its run.json says
+`"status": "pruned"`.
+
+Score of a run: the report's score (`benchmark.aggregate.final_window_score`: the mean evaluation
+return over the final 10% of the budget). Objective of a trial: the mean over envs and seeds of
+the run scores, each normalised with its suite's random and reference scores when the study
+normalises (several envs, or --suite).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rl_selfdistill.errors import UsageError
+from rl_selfdistill.run import rundir
+
+TRIALS_DIR = "trials"
+TRIAL_FILE = "trial.json"
+PRUNED = "pruned"
+# Trial user attributes: the process that claimed the trial, and the trial a retried one repeats.
+WORKER_ATTR = "worker"
+RETRY_ATTR = "retry_of"
+
+
+@dataclass(frozen=True)
+class EnvTarget:
+    """One env of a study: its budget and how its scores are normalised (identity when not normalising)."""
+
+    env_id: str
+    n_timesteps: int
+    random_score: float | None = None
+    reference_score: float | None = None
+
+    def normalise(self, score: float) -> float:
+        if self.random_score is None or self.reference_score is None:
+            return float(score)
+        return (float(score) - self.random_score) / (self.reference_score - self.random_score)
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What every trial of a study runs: the same envs, budgets, seeds and run options."""
+
+    algo: str
+    envs: tuple[EnvTarget, ...]
+    seeds: tuple[int, ...]
+    eval_freq: int
+    eval_episodes: int
+    train_options: dict[str, Any]  # further TrainRequest fields (device, vec_env, n_envs, wandb_*, save_freq)
+    study_name: str
+
+
+def trial_dir(study_dir: Path, number: int) -> Path:
+    return Path(study_dir) / TRIALS_DIR / f"trial_{number:04d}"
+
+
+def run_dir_of(study_dir: Path, number: int, env_id: str, seed: int) -> Path:
+    return trial_dir(study_dir, number) / rundir.safe_env_name(env_id) / f"seed{seed}"
+
+
+def train_command(plan: TrialPlan, env: EnvTarget, seed: int, hyperparams: dict[str, Any], run_dir: Path | None) -> str:
+    """The `rl-selfdistill train` command of one run of a trial (recorded in command.txt and the summary)."""
+    options: dict[str, Any] = {"-n": env.n_timesteps, "--seed": seed, "--eval-freq": plan.eval_freq}
+    options["--eval-episodes"] = plan.eval_episodes
+    for key in ("n_envs", "vec_env", "device"):
+        value = plan.train_options.get(key)
+        options[f"--{key.replace('_', '-')}"] = value if value not in (None, "auto") else None
+    options["--run-dir"] = run_dir
+    words = [rundir.PROGRAM, "train", "--algo", plan.algo, "--env", env.env_id]
+    command = rundir.format_command(words, options)
+    if hyperparams:
+        command += " -params " + rundir.format_command([f"{key}:{_param_text(value)}" for key, value in hyperparams.items()])
+    return command
+
+
+def _param_text(value: Any) -> str:
+    """A -params value that reads back as `value`: plain where YAML reads it unchanged, else JSON (valid YAML)."""
+    import yaml
+
+    text = value if isinstance(value, str) else json.dumps(value)
+    try:
+        return text if yaml.safe_load(text) == value else json.dumps(value)
+    except yaml.YAMLError:
+        return json.dumps(value)
+
+
+def read_eval_means(run_dir: Path) -> list[float]:
+    path = Path(run_dir) / rundir.EVAL_CSV
+    if not path.exists():
+        return []
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:] if line.strip()]
+    return [float(row[1]) for row in rows if len(row) >= 2]
+
+
+def run_score(run_dir: Path, n_timesteps: int) -> float | None:
+    """The report's score of one run (None when no evaluation falls in its final window)."""
+    from rl_selfdistill.benchmark.aggregate import final_window_score, read_evals
+
+    evals = read_evals(Path(run_dir))
+    return None if evals is None else final_window_score(evals, n_timesteps)
+
+
+class Reporter:
+    """Feeds a trial's evaluations to Optuna in one global step order and asks the pruner after each batch."""
+
+    def __init__(self, trial: Any) -> None:
+        self.trial = trial
+        self.step = 0
+        self.values: list[float] = []
+
+    def report_new(self, run_dir: Path, seen: int, normalise: Callable[[float], float]) -> int:
+        """Report eval.csv rows after the first `seen`; returns how many rows have been reported now."""
+        import optuna
+
+        means = read_eval_means(run_dir)
+        for mean in means[seen:]:
+            value = normalise(mean)
+            self.trial.report(value, self.step)
+            self.values.append(value)
+            self.step += 1
+        if len(means) > seen and self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {self.step - 1} (evaluation value {self.values[-1]:.4g})")
+        return max(seen, len(means))
+
+
+def pruning_callback(reporter: Reporter, run_dir: Path, eval_freq: int, normalise: Callable[[float], float]) -> Any:
+    """SB3 callback: after each evaluation of the run, report it; raising TrialPruned ends learn() at once."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class ReportEvaluations(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = 0
+            self.next_check = eval_freq
+            self.stopped_at: int | None = None  # env steps done when the pruner stopped this run
+
+        def _on_step(self) -> bool:
+            # The evaluation callback runs before this one in the run's CallbackList and evaluates at
+            # most every eval_freq steps: past each multiple, any new eval.csv row is already written.
+            if self.num_timesteps >= self.next_check:
+                self.next_check = (self.num_timesteps // eval_freq + 1) * eval_freq
+                try:
+                    self.seen = reporter.report_new(run_dir, self.seen, normalise)
+                except BaseException:
+                    self.stopped_at = self.num_timesteps
+                    self.training_env.close()  # subprocess env workers would outlive the aborted learn()
+                    raise
+            return True
+
+    return ReportEvaluations()
+
+
+def mark_pruned(run_dir: Path, reason: str, steps: int | None) -> None:
+    """run.json of a pruned run: status "pruned" (it stopped on purpose, it is not a crash to resume)."""
+    state = rundir.read_run_info(run_dir)
+    if state is not None:
+        changes = {"status": PRUNED, "pruned": reason, "finished_at": rundir.utc_now()}
+        if steps is not None:
+            changes["num_timesteps_done"] = steps
+        rundir.write_run_state(run_dir, {**state, **changes})
+
+
+def run_trial(
+    trial: Any, plan: TrialPlan, study_dir: Path, hyperparams: dict[str, Any], records: list[dict[str, Any]]
+) -> float:
+    """Train every (env, seed) run of the trial and return its objective; raises TrialPruned.
+
+    `records` receives one entry per run as it starts (env, seed, run_dir, status, score), so the
+    caller can describe a pruned or failed trial too.
+    """
+    import optuna
+
+    from rl_selfdistill.run import TrainRequest, run_training
+
+    reporter = Reporter(trial)
+    for env in plan.envs:
+        for seed in plan.seeds:
+            run_dir = run_dir_of(study_dir, trial.number, env.env_id, seed)
+            record: dict[str, Any] = {"env_id": env.env_id, "seed": seed, "run_dir": str(run_dir.relative_to(study_dir))}
+            records.append(record)
+            request = TrainRequest(
+                algo=plan.algo,
+                env_id=env.env_id,
+                n_timesteps=env.n_timesteps,
+                seed=seed,
+                hyperparams=dict(hyperparams),
+                run_dir=run_dir,
+                eval_freq=plan.eval_freq,
+                eval_episodes=plan.eval_episodes,
+                wandb_group=plan.study_name,
+                extra_tags=[plan.study_name, f"trial{trial.number}"],
+                progress=False,
+                verbose=0,
+                command=train_command(plan, env, seed, hyperparams, run_dir),
+                **plan.train_options,
+            )
+            callback = pruning_callback(reporter, run_dir, plan.eval_freq, env.normalise)
+            try:
+                run_training(request, callbacks=[callback])
+            except optuna.TrialPruned as pruned:
+                mark_pruned(run_dir, str(pruned), callback.stopped_at)
+                record["status"] = PRUNED
+                raise
+            score = run_score(run_dir, env.n_timesteps)
+            if score is None:
+                raise UsageError(f"run {run_dir} has no evaluation in its final 10%; lower --eval-freq below the budget")
+            record.update(status="finished", score=score, normalised=env.normalise(score))
+            # Evaluations after the callback's last look; a prune here stops the trial before its next run.
+            reporter.report_new(run_dir, callback.seen, env.normalise)
+    return sum(record["normalised"] for record in records) / len(records)
