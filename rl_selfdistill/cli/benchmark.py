@@ -26,6 +26,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--algos", nargs="+", default=["ppo", "sd_ppo"], metavar="ALGO", help="algorithm names")
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds per (algo, env)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
+    parser.add_argument("--allow-tuning-seeds", action="store_true", help="accept seeds of the tuning range (docs/tuning.md)")
     parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="budget for every env (default: the suite's)")
     parser.add_argument(
         "-params", "--params", nargs="+", default=[], metavar="KEY:VALUE", help="hyperparameter overrides for the SD algos"
@@ -89,6 +90,7 @@ def canonical_command(args: argparse.Namespace) -> str:
         "--algos": args.algos,
         "--seeds": args.seeds,
         "--first-seed": args.first_seed or None,
+        "--allow-tuning-seeds": args.allow_tuning_seeds,
         "-n": args.n_timesteps,
         "--backend": args.backend,
         "--workers": args.workers,
@@ -115,10 +117,12 @@ def canonical_command(args: argparse.Namespace) -> str:
 def requested_manifest(args: argparse.Namespace) -> Manifest:
     from rl_selfdistill.config import parse_params
     from rl_selfdistill.run.rundir import git_commit
+    from rl_selfdistill.tune.seeds import check_reporting_seeds
 
     grid.validate_algos(args.algos)
     if args.seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
+    check_reporting_seeds(range(args.first_seed, args.first_seed + args.seeds), allow_tuning_seeds=args.allow_tuning_seeds)
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     envs = resolve_envs(args.suite, args.envs, args.n_timesteps)
