@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack, VecTransposeImage
 
+from rl_selfdistill.envs import continual, minatar
 from rl_selfdistill.envs.atari import AtariSettings, atari_gym_env_fn, atari_settings, envpool_atari_kwargs
 from rl_selfdistill.envs.envpool_vec import EnvPoolVecEnv
 from rl_selfdistill.envs.registry import EnvEntry, choose_backend, resolve
@@ -58,6 +59,9 @@ def make_vec_env(
         return _make_atari(entry, n_envs, backend, seed, settings, render_mode)
     if wrapper_kwargs:
         raise UsageError(f"wrapper_kwargs are Atari options, but {env_id!r} is not an Atari env; remove them")
+    if entry.family in ("minatar", "continual"):
+        venv = _make_own_family(entry, n_envs, backend, seed, max_episode_steps, dict(env_kwargs or {}), render_mode)
+        return VecFrameStack(venv, frame_stack) if frame_stack and frame_stack > 1 else venv
     kwargs = dict(env_kwargs or {})
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
@@ -147,6 +151,26 @@ def _gymnasium_spaces(gym_id: str, env_kwargs: dict[str, Any]) -> tuple[gym.Spac
     spaces = (env.observation_space, env.action_space)
     env.close()
     return spaces
+
+
+# --- MinAtar and continual classic control (dummy/subproc only) ---------------------------------------------
+def _make_own_family(
+    entry: EnvEntry,
+    n_envs: int,
+    backend: str,
+    seed: int,
+    max_episode_steps: int | None,
+    env_kwargs: dict[str, Any],
+    render_mode: str | None,
+) -> VecEnv:
+    """Families whose env factories live in their own modules: they register their ids in every worker process."""
+    if entry.family == "minatar":
+        minatar.probe_minatar(entry.env_id, env_kwargs)
+        env_fn = minatar.minatar_env_fn(entry.env_id, max_episode_steps, env_kwargs, render_mode)
+    else:
+        continual.probe_continual(entry.env_id, env_kwargs)
+        env_fn = continual.continual_env_fn(entry.env_id, max_episode_steps, env_kwargs, render_mode)
+    return _sb3_vec_env([env_fn] * n_envs, backend, seed)
 
 
 # --- shared -------------------------------------------------------------------------------------------------

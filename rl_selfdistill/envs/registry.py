@@ -7,6 +7,7 @@ import functools
 import re
 from dataclasses import dataclass
 
+from rl_selfdistill.envs import continual, minatar
 from rl_selfdistill.errors import UsageError
 
 BACKENDS = ("dummy", "subproc", "envpool")
@@ -24,7 +25,8 @@ _ATARI_V4 = re.compile(r"^(?P<game>[A-Za-z0-9]+)NoFrameskip-v4$")
 class EnvEntry:
     """A resolved environment id.
 
-    family: "atari", "mujoco", "classic" or "gym" (any other Gymnasium id, dummy/subproc only).
+    family: "atari", "mujoco", "classic", "minatar", "continual" or "gym" (any other Gymnasium id, dummy/subproc
+    only). MinAtar and continual ids run on dummy/subproc only: EnvPool has neither.
     gym_id: id passed to gymnasium.make. envpool_id: EnvPool task id, or None when EnvPool lacks it.
     """
 
@@ -79,6 +81,10 @@ def resolve(env_id: str) -> EnvEntry:
     atari = _atari_entry(env_id)
     if atari is not None:
         return atari
+    if minatar.game_of(env_id) is not None:
+        return EnvEntry(env_id, "minatar", env_id, None, minatar.game_of(env_id))
+    if continual.is_continual(env_id):
+        return EnvEntry(env_id, "continual", env_id, None)
     if env_id in MUJOCO_IDS or env_id in CLASSIC_IDS:
         family = "mujoco" if env_id in MUJOCO_IDS else "classic"
         return EnvEntry(env_id, family, env_id, env_id if env_id in _envpool_ids() else None)
@@ -90,7 +96,8 @@ def resolve(env_id: str) -> EnvEntry:
 def valid_ids() -> list[str]:
     """Every id make_vec_env accepts: the curated ids, both Atari spellings, and any Gymnasium id."""
     atari = [f"ALE/{g}-v5" for g in atari_games()] + [f"{g}NoFrameskip-v4" for g in atari_games()]
-    return sorted(set(MUJOCO_IDS) | set(CLASSIC_IDS) | set(atari) | set(_gymnasium_ids()))
+    extra = set(minatar.minatar_ids()) | set(continual.continual_ids())
+    return sorted(set(MUJOCO_IDS) | set(CLASSIC_IDS) | set(atari) | extra | set(_gymnasium_ids()))
 
 
 def closest_ids(env_id: str, n: int = 3) -> list[str]:

@@ -21,6 +21,8 @@ class SuiteEnv:
 
     reference: what reference_score is ("human", "rl-zoo-ppo", "solved-threshold", ...);
     source: citation for both scores (and how the random score was measured when it was measured here).
+    do_nothing_score: return of always doing nothing (zero torque / no-op), when the task has such an action and
+    it was measured (rl_selfdistill.envs.floors); None otherwise.
     """
 
     env_id: str
@@ -29,6 +31,14 @@ class SuiteEnv:
     reference_score: float
     reference: str
     source: str
+    do_nothing_score: float | None = None
+
+    @property
+    def floor_score(self) -> float:
+        """The larger of the random and do-nothing scores: a normalised score of 0 means no better than either."""
+        if self.do_nothing_score is None:
+            return self.random_score
+        return max(self.random_score, self.do_nothing_score)
 
 
 @dataclass(frozen=True)
@@ -82,12 +92,17 @@ def _parse_env(path: Path, item: Any) -> SuiteEnv:
         reference_score=float(item["reference_score"]),
         reference=str(item["reference"]),
         source=str(item["source"]).strip(),
+        do_nothing_score=None if item.get("do_nothing_score") is None else float(item["do_nothing_score"]),
     )
-    if env.n_timesteps <= 0 or math.isclose(env.reference_score, env.random_score):
-        raise UsageError(f"suite file {path}: {env.env_id} needs n_timesteps > 0 and reference_score != random_score")
+    if env.n_timesteps <= 0 or math.isclose(env.reference_score, env.floor_score):
+        raise UsageError(f"suite file {path}: {env.env_id} needs n_timesteps > 0 and reference_score != its floor score")
     return env
 
 
 def normalize_score(env: SuiteEnv, score: float) -> float:
-    """(score - random) / (reference - random): 0 is a random policy, 1 the reference (human for Atari)."""
-    return (float(score) - env.random_score) / (env.reference_score - env.random_score)
+    """(score - floor) / (reference - floor): 0 is the better of a random and a do-nothing policy, 1 the reference.
+
+    The floor is `env.floor_score`: the random score unless doing nothing scores higher (Ant-v5: random -64,
+    standing still +995), so that standing still is never read as progress.
+    """
+    return (float(score) - env.floor_score) / (env.reference_score - env.floor_score)
