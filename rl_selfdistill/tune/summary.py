@@ -2,7 +2,7 @@
 
 - the best trials as a table with their parameters;
 - objective vs trial number (complete trials, pruned trials at their last reported value, best so far);
-- Optuna's parameter importances (fANOVA), once there are at least 2 complete trials;
+- Optuna's parameter importances (`optuna.importance.get_param_importances`), from 2 complete trials on;
 - the exact `rl-selfdistill train` commands that reproduce the best trial, one per env and seed.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
 
 
 def importances(study: Any) -> tuple[dict[str, float] | None, str | None]:
-    """Optuna's fANOVA importances, or None and the reason they cannot be computed yet."""
+    """Optuna's parameter importances (its default evaluator), or None and the reason they cannot be computed yet."""
     import optuna
     from optuna.trial import TrialState
 
@@ -51,7 +52,9 @@ def importances(study: Any) -> tuple[dict[str, float] | None, str | None]:
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
         return None, f"needs at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials, the study has {len(complete)}"
     try:
-        return dict(optuna.importance.get_param_importances(study)), None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "few trials per regime": the summary states how many trials there are
+            return dict(optuna.importance.get_param_importances(study)), None
     except (ValueError, RuntimeError, ZeroDivisionError) as error:
         return None, f"Optuna could not compute them: {error}"
 
@@ -121,7 +124,7 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["No complete trial yet.", ""]
     lines += ["## Objective vs trial", "", f"![objective vs trial]({OBJECTIVE_PNG})", "", "## Parameter importances", ""]
     if data["importances"]:
-        lines += ["| parameter | importance (fANOVA) |", "|---|---|"]
+        lines += ["| parameter | importance (Optuna's get_param_importances) |", "|---|---|"]
         lines += [f"| {key} | {value:.3f} |" for key, value in data["importances"].items()]
     else:
         lines.append(f"Not computed: {data['importances_note']}.")

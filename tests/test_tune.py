@@ -1,0 +1,222 @@
+"""`rl-selfdistill tune`: real Optuna studies on CartPole with tiny budgets, real processes and real signals.
+
+- a study with median pruning SIGKILLed mid-trial, then resumed with the same command: the killed trial is
+  FAIL, its parameters are retried, and the study ends with the intended number of finished trials;
+- two worker processes sharing one study: both ran trials, and together exactly the intended number;
+- a pruned trial stops its run early and marks it (a pruner that always prunes makes this deterministic);
+- bad search spaces, candidates and seeds: exit 2 with one line, before the study folder exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from rl_selfdistill.cli import main  # noqa: E402
+from rl_selfdistill.tune.seeds import TUNING_SEED_START, check_reporting_seeds  # noqa: E402
+from rl_selfdistill.tune.study import storage  # noqa: E402
+from tests.helpers import cli_command  # noqa: E402
+
+TINY = ["--envs", "CartPole-v1", "--seeds", "1", "-n", "1024", "--eval-freq", "256", "--eval-episodes", "2"]
+TINY += ["--wandb-mode", "disabled", "--n-startup-trials", "1", "--sampler-seed", "0"]
+RUN = f"CartPole-v1/seed{TUNING_SEED_START}"
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+SMALL_SPACE = """\
+distill_coef: {type: float, low: 0.5, high: 20.0, log: true}
+teacher_update_interval: {type: int, low: 64, high: 256}
+kl_direction: forward
+"""
+
+
+def tune_args(study_dir: Path, *extra: str) -> list[str]:
+    return ["tune", "--algo", "sd_ppo", *TINY, *extra, "-o", str(study_dir)]
+
+
+def load(study_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name=study_dir.name, storage=storage(study_dir))
+
+
+def run_status(study_dir: Path, number: int) -> str:
+    return json.loads((study_dir / "trials" / f"trial_{number:04d}" / RUN / "run.json").read_text())["status"]
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_killed_study_resumes_to_the_intended_number_of_finished_trials(tmp_path, isolated_home, capsys):
+    study_dir = tmp_path / "study"
+    space = tmp_path / "space.yaml"  # teachers refreshed within the tiny budget, so trials differ and can be pruned
+    space.write_text(SMALL_SPACE)
+    args = tune_args(study_dir, "--n-trials", "3", "--pruner", "median", "--space", str(space))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [*cli_command(), *args], env=environment, text=True, stderr=subprocess.PIPE, start_new_session=True
+    )
+    # The deterministic point: the first trial's first run directory exists, so the trial is RUNNING mid-run.
+    wait_for(study_dir / "trials" / "trial_0000" / RUN / "run.json", process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert load(study_dir).trials[0].state == optuna.trial.TrialState.RUNNING
+
+    assert main(args) == 0  # the same command again
+    out = capsys.readouterr().out
+    assert "trial 0: its worker died" in out
+
+    trials = load(study_dir).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    assert [trial.state in FINISHED for trial in trials[1:]] == [True, True, True]
+    retry = trials[1]
+    assert retry.user_attrs["retry_of"] == 0 and retry.params == trials[0].params
+    assert json.loads((study_dir / "trials" / "trial_0000" / "trial.json").read_text())["status"] == "failed"
+    assert run_status(study_dir, 0) == "running"  # the killed run is kept as it was left
+    for trial in trials[1:]:
+        expected = "finished" if trial.state == optuna.trial.TrialState.COMPLETE else "pruned"
+        assert run_status(study_dir, trial.number) == expected
+    summary = json.loads((study_dir / "summary.json").read_text())
+    assert summary["finished"] == 3 and summary["counts"]["FAIL"] == 1
+    assert summary["best_commands"][0].startswith(
+        f"rl-selfdistill train --algo sd_ppo --env CartPole-v1 -n 1024 --seed {TUNING_SEED_START}"
+    )
+    assert (study_dir / "objective.png").stat().st_size > 0
+    assert "## Best trials" in (study_dir / "summary.md").read_text()
+
+    assert main(args) == 0  # a finished study: nothing more runs
+    assert len(load(study_dir).trials) == 4
+    (study_dir / "summary.md").unlink()
+    assert main([*args, "--summary"]) == 0 and (study_dir / "summary.md").exists()
+
+
+def test_two_workers_share_one_study(tmp_path, isolated_home, capsys):
+    study_dir = tmp_path / "shared"
+    args = tune_args(study_dir, "--n-trials", "4", "--pruner", "none", "--workers", "2")
+    assert main(args) == 0
+    trials = load(study_dir).trials
+    assert len(trials) == 4 and all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
+    pids = {trial.user_attrs["worker"]["pid"] for trial in trials}
+    assert len(pids) == 2 and os.getpid() not in pids  # two spawned processes, each ran trials
+    for trial in trials:
+        assert run_status(study_dir, trial.number) == "finished"
+    summary = json.loads((study_dir / "summary.json").read_text())
+    assert summary["importances"] or "Optuna could not" in summary["importances_note"]
+
+    capsys.readouterr()
+    assert main(tune_args(study_dir, "--n-trials", "4", "--pruner", "median")) == 2  # not the same study
+    assert "was created with another pruner" in one_error_line(capsys)
+
+
+def test_a_pruned_trial_stops_its_run_and_marks_it(tmp_path, isolated_home):
+    from rl_selfdistill.cli import build_parser
+    from rl_selfdistill.cli.tune import tune_settings
+    from rl_selfdistill.tune import study as studies
+    from rl_selfdistill.tune.space import load_space
+
+    study_dir = tmp_path / "pruned"
+    settings = tune_settings(build_parser().parse_args(tune_args(study_dir, "--n-trials", "1")), load_space("sd_ppo"))
+    studies.open_study(settings)
+    # A real pruner that prunes whatever is reported (any return is below 1e9) makes the outcome deterministic.
+    study = optuna.load_study(
+        study_name="pruned", storage=storage(study_dir), pruner=optuna.pruners.ThresholdPruner(lower=1e9)
+    )
+    trial = studies.claim_trial(study, settings)
+    assert studies.execute(study, trial, settings) == "PRUNED"
+    state = json.loads((study_dir / "trials" / "trial_0000" / RUN / "run.json").read_text())
+    assert state["status"] == "pruned" and 256 <= state["num_timesteps_done"] < 1024
+    assert not (study_dir / "trials" / "trial_0000" / RUN / "model.zip").exists()
+    assert load(study_dir).trials[0].state == optuna.trial.TrialState.PRUNED
+    assert studies.claim_trial(study, settings) is None  # the one intended trial has finished
+
+
+def test_conditional_keys_are_sampled_only_in_their_branch():
+    from rl_selfdistill.tune.space import load_space
+    from rl_selfdistill.tune.study import sample_params
+
+    space = load_space("sd_ppo")
+    study = optuna.create_study(direction="maximize")
+    for mode in ("ema", "snapshot", "ensemble"):
+        study.enqueue_trial({"teacher_mode": mode})
+        params = sample_params(study.ask(), space)
+        assert ("teacher_tau" in params) == (mode == "ema")
+        assert ("teacher_ensemble_size" in params) == (mode == "ensemble")
+
+
+BAD_SPACES = {
+    "unknown key": ("distil_coef: {type: float, low: 0.1, high: 1.0}\n", "unknown key 'distil_coef'"),
+    "low above high": ("distill_coef: {type: float, low: 1.0, high: 0.1}\n", "needs low < high"),
+    "bound the presets refuse": ("distill_coef: {type: float, low: -1.0, high: 1.0}\n", "'distill_coef'"),
+    "choice the presets refuse": ("teacher_mode: {type: categorical, choices: [snapshot, teleport]}\n", "'teleport'"),
+    "log from zero": ("distill_coef: {type: float, low: 0.0, high: 1.0, log: true}\n", "low must be > 0"),
+    "unknown type": ("distill_coef: {type: normal, low: 0.1, high: 1.0}\n", "needs type"),
+    "field of another type": ("kl_direction: {type: categorical, choices: [forward], low: 1}\n", "does not take 'low'"),
+    "condition on a later key": (
+        "teacher_tau: {type: float, low: 0.01, high: 0.1, when: {teacher_mode: [ema]}}\n",
+        "listed above",
+    ),
+    "bad YAML": ("distill_coef: {type: float, low: [\n", "not valid YAML"),
+    "nothing sampled": ("distill_coef: 0.5\n", "samples nothing"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_SPACES))
+def test_bad_search_space_is_one_line_before_any_trial(name, tmp_path, capsys):
+    text, expected = BAD_SPACES[name]
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    study_dir = tmp_path / "study"
+    assert main(tune_args(study_dir, "--space", str(space))) == 2
+    line = one_error_line(capsys)
+    assert expected in line and str(space) in line
+    assert not study_dir.exists()
+
+
+def test_bad_candidate_and_tuning_seeds_are_refused(tmp_path, capsys):
+    candidates = tmp_path / "candidates.yaml"
+    candidates.write_text("- {distill_coef: 5.0}\n")  # outside the built-in range 0.001..2
+    assert main(tune_args(tmp_path / "a", "--enqueue", str(candidates))) == 2
+    assert "lies outside" in one_error_line(capsys)
+    assert main(tune_args(tmp_path / "b", "--first-seed", "0")) == 2
+    assert "tuning range" in one_error_line(capsys)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_benchmark_refuses_reporting_seeds_in_the_tuning_range(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert (
+        main(
+            ["benchmark", "--envs", "CartPole-v1", "--first-seed", str(TUNING_SEED_START - 1), "--seeds", "2", "-o", str(out)]
+        )
+        == 2
+    )
+    assert "--allow-tuning-seeds" in one_error_line(capsys)
+    assert not out.exists()
+    check_reporting_seeds([TUNING_SEED_START], allow_tuning_seeds=True)  # the explicit flag lets it through
+    check_reporting_seeds(range(0, 5))
+
+
+def test_print_space_round_trips(tmp_path, capsys):
+    assert main(["tune", "--algo", "sd_dqn", "--tune-base", "--print-space"]) == 0
+    printed = capsys.readouterr().out
+    space = tmp_path / "space.yaml"
+    space.write_text(printed)
+    assert main(["tune", "--algo", "sd_dqn", "--space", str(space), "--print-space"]) == 0
+    assert capsys.readouterr().out == printed
+    assert "train_freq" in printed and "distill_temperature" in printed
