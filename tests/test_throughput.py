@@ -153,3 +153,27 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
 def test_mixed_families_are_refused(capsys):
     assert main(["throughput", "--env", "CartPole-v1", "--a", "ppo", "--b", "sd_dqn"]) == 2
     assert "different algorithm families" in capsys.readouterr().err
+
+
+def test_env_speed_script_alternates_backends():
+    """scripts/env_speed.py times backends with the same paired timer: A B A B, then medians and ratios."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("envpool")
+    script = Path(__file__).parents[1] / "scripts" / "env_speed.py"
+    argv = ["collect", "CartPole-v1", "--n-envs", "2", "--steps", "16", "--backends", "dummy", "envpool", "--repeats", "2"]
+    result = subprocess.run(
+        [sys.executable, str(script), *argv, "--torch-threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = re.findall(r"^  collect CartPole-v1 x2 (\w+): \d+ steps/s$", result.stdout, re.MULTILINE)
+    assert trials == ["dummy", "envpool", "dummy", "envpool"]
+    assert re.search(r"^collect .* envpool: median \d+ steps/s over \[\d+, \d+\], ratio to dummy [\d.]+ ", result.stdout, re.M)

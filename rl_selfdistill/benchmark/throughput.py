@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -266,18 +267,11 @@ def training_fps(
 ) -> float:
     """Steps per second of a fresh PPO's `learn(total_timesteps)` (no warm-up); env construction is not timed."""
     import torch
-    from stable_baselines3 import PPO
-
-    from rl_selfdistill.envs import make_vec_env
 
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
-    venv = make_vec_env(env_id, n_envs, backend, seed)
-    try:
-        model = PPO(policy_for(venv), venv, seed=seed, device=device, verbose=0, **(ppo_kwargs or {}))
+    with _fresh_ppo(env_id, backend, n_envs, seed, device, ppo_kwargs or {}) as model:
         return timed_trial(model, total_timesteps)[0]
-    finally:
-        venv.close()
 
 
 def collection_fps(
@@ -290,20 +284,26 @@ def collection_fps(
     device: str = "cpu",
 ) -> float:
     """Steps per second of PPO.collect_rollouts with a random-init policy (forward pass and buffer, no updates)."""
-    from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import CallbackList
 
-    from rl_selfdistill.envs import make_vec_env
-
-    venv = make_vec_env(env_id, n_envs, backend, seed)
-    try:
-        kwargs = {**(ppo_kwargs or {}), "n_steps": n_steps}
-        model = PPO(policy_for(venv), venv, seed=seed, device=device, verbose=0, **kwargs)
+    with _fresh_ppo(env_id, backend, n_envs, seed, device, {**(ppo_kwargs or {}), "n_steps": n_steps}) as model:
         _, callback = model._setup_learn(n_steps * n_envs, CallbackList([]))
         callback.on_training_start(locals(), globals())
         start = time.perf_counter()
         model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=n_steps)
         return n_steps * n_envs / (time.perf_counter() - start)
+
+
+@contextmanager
+def _fresh_ppo(env_id: str, backend: str, n_envs: int, seed: int, device: str, kwargs: dict[str, Any]) -> Iterator[Any]:
+    """An untrained SB3 PPO on a new VecEnv, closed on exit."""
+    from stable_baselines3 import PPO
+
+    from rl_selfdistill.envs import make_vec_env
+
+    venv = make_vec_env(env_id, n_envs, backend, seed)
+    try:
+        yield PPO(policy_for(venv), venv, seed=seed, device=device, verbose=0, **kwargs)
     finally:
         venv.close()
 
