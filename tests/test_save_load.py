@@ -26,7 +26,7 @@ def test_ppo_round_trip_restores_teachers_and_state(tmp_path, teacher_mode):
     assert_same_parameters(model.teacher_networks, loaded.teacher_networks)
     assert_same_parameters(model.policy, loaded.policy)
     assert all(not p.requires_grad for p in loaded.teacher_networks.parameters())
-    for name in ("n_updates", "last_update_step", "_last_interval_index", "mode", "tau", "ensemble_size"):
+    for name in ("n_updates", "last_update_step", "_last_interval_index", "mode", "tau", "capacity", "ticks"):
         assert getattr(loaded.distiller.teacher, name) == getattr(model.distiller.teacher, name), name
     assert loaded.distiller.coefficient.adaptive_value == model.distiller.coefficient.adaptive_value != 0.5
 

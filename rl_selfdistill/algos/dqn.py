@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch as th
 from stable_baselines3 import DQN
@@ -9,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rl_selfdistill.distill.kl import q_softmax_kl
-from rl_selfdistill.distill.mixin import SelfDistillMixin
+from rl_selfdistill.distill.mixin import PhaseRecord, SelfDistillMixin
 
 
 class SelfDistillDQN(SelfDistillMixin, DQN):
@@ -33,20 +35,23 @@ class SelfDistillDQN(SelfDistillMixin, DQN):
 
     def _on_step(self) -> None:
         super()._on_step()
+        if not self.distiller.enabled:
+            return
         if self.distiller.teacher.mode == "target":
             # DQN.update of the target network happened in super()._on_step() on exactly this condition.
-            target_updated = self._n_calls % max(self.target_update_interval // self.n_envs, 1) == 0
-            if self.distiller.enabled and target_updated:
+            if self._n_calls % max(self.target_update_interval // self.n_envs, 1) == 0:
                 self.distiller.teacher.refresh(self.q_net, self.num_timesteps)
             return
-        self.distiller.refresh_if_due(self.q_net, self.num_timesteps)
+        if self.distiller.refresh_if_due(self.q_net, self.num_timesteps, self._teacher_obs_stats()):
+            self._on_teacher_refreshed()
 
-    def _teacher_q_networks(self) -> list[nn.Module]:
-        if not self.distiller.enabled or not self.distiller.teacher.is_ready:
+    def _teachers(self) -> list[tuple[nn.Module, Any]]:
+        """(Q-network, observation statistics) of each teacher member the loss distils from now."""
+        if not self.distiller.teacher.is_ready:
             return []
         if self.distiller.teacher.mode == "target":
-            return [self.q_net_target]
-        return list(self.teacher_networks)
+            return [(self.q_net_target, None)]
+        return self.distiller.teacher.active_members()
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         if not self.distiller.enabled:
@@ -55,14 +60,13 @@ class SelfDistillDQN(SelfDistillMixin, DQN):
         self._train_with_distillation(gradient_steps, batch_size)
 
     def _train_with_distillation(self, gradient_steps: int, batch_size: int) -> None:
-        """DQN's ``train()`` (SB3 2.7-2.9, line for line) with the distillation term added to the TD loss."""
+        """DQN's ``train()`` (SB3 2.7-2.9, line for line; see algos/ported.py) plus the distillation term."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        teachers = self._teacher_q_networks()
-        distill_coef = self.distiller.coefficient.value(self._current_progress_remaining)
+        self._teacher_tick_phase()
+        phase = self._start_distill_phase()
 
         losses = []
-        distill_kls: list[th.Tensor] = []
         for _ in range(gradient_steps):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             # For n-step replay, discount factor is gamma**n_steps (when no early termination)
@@ -79,28 +83,78 @@ class SelfDistillDQN(SelfDistillMixin, DQN):
             loss = F.smooth_l1_loss(current_q_values, target_q_values)
             losses.append(loss.item())
 
+            teachers = self._teachers()
             if teachers:
-                distill_kl = self._distill_kl(teachers, replay_data.observations, all_q_values)
-                distill_kls.append(distill_kl.detach())
-                # loss + coef * kl as one op: on a small network the per-op overhead is most of the cost.
-                loss = th.add(loss, distill_kl, alpha=distill_coef)
+                phase.record_rl_loss(loss.detach())
+                if phase.observations is None:
+                    phase.observations = replay_data.observations  # the diagnostics' reference states
+                distill_loss = self._distill_term(phase, teachers, replay_data.observations, all_q_values, batch_size)
+                # loss + coef * term as one op: on a small network the per-op overhead is most of the cost.
+                loss = th.add(loss, distill_loss, alpha=phase.coef)
 
             self.policy.optimizer.zero_grad()
             loss.backward()
             th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
             self.policy.optimizer.step()
+            self._teacher_tick_gradient_step()
 
         self._n_updates += gradient_steps
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", np.mean(losses))
-        self.distiller.end_phase(self.logger, distill_kls, distill_coef, self.num_timesteps)
+        self._end_distill_phase(phase)
 
-    def _distill_kl(self, teachers: list[nn.Module], observations: th.Tensor, student_q: th.Tensor) -> th.Tensor:
-        """Batch-mean KL between the Boltzmann policies, averaged over the teacher members."""
+    def _teacher_tick_phase(self) -> None:
+        teacher = self.distiller.teacher
+        if teacher.tick("phases", self.q_net, self.num_timesteps, self._teacher_obs_stats()):
+            self._on_teacher_refreshed()
+
+    def _distill_term(
+        self,
+        phase: PhaseRecord,
+        teachers: list[tuple[nn.Module, Any]],
+        observations: th.Tensor,
+        student_q: th.Tensor,
+        batch_size: int,
+    ) -> th.Tensor:
+        """KL between the Boltzmann policies (+ Q-value MSE), averaged over the teacher members, before weighting."""
+        config = self.distiller.config
+        if config.distill_separate_batch:
+            observations = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env).observations  # type: ignore[union-attr]
+            student_q = self.q_net(observations)
         temperature, direction = self.distiller.temperature, self.distiller.direction
         with th.no_grad():
-            teacher_qs = [teacher(observations) for teacher in teachers]
+            teacher_qs = [network(self._teacher_observations(observations, stats)) for network, stats in teachers]
         kls = [q_softmax_kl(teacher_q, student_q, temperature, direction, reduction="mean") for teacher_q in teacher_qs]
         # One teacher is the common case: skip the stack on this per-gradient-step path.
-        return kls[0] if len(kls) == 1 else th.stack(kls).mean()
+        kl = kls[0] if len(kls) == 1 else th.stack(kls).mean()
+        value_loss = None
+        if config.distill_value_coef > 0:
+            value_loss = th.stack([F.mse_loss(student_q, teacher_q) for teacher_q in teacher_qs]).mean()
+        return phase.record_distill(kl, value_loss)
+
+    def _teacher_observations(self, observations: th.Tensor, stats: Any) -> th.Tensor:
+        """Replay observations re-normalised with the teacher's own statistics.
+
+        The replay buffer normalises with the current statistics at sampling time, so undoing them is exact
+        except where an observation was clipped at VecNormalize's clip_obs.
+        """
+        vec_normalize = self._vec_normalize_env
+        if stats is None or vec_normalize is None:
+            return observations
+        raw = vec_normalize.unnormalize_obs(observations.cpu().numpy())
+        return th.as_tensor(vec_normalize._normalize_obs(raw, stats), dtype=observations.dtype, device=observations.device)
+
+    # ------------------------------------------------------------------ hooks of the shared mixin
+
+    def _student_network(self) -> nn.Module:
+        return self.q_net
+
+    def _reference_outputs(self, network: Any, observations: Any) -> th.Tensor:
+        return network(observations)
+
+    def _reset_prefixes(self) -> tuple[str, ...]:
+        if self.distiller.config.reset_parts == "all":
+            return ("q_net.",)  # the target network keeps bootstrapping from the pre-reset weights until its next update
+        last_layer = len(self.q_net.q_net) - 1
+        return (f"q_net.q_net.{last_layer}.",)

@@ -1,4 +1,4 @@
-"""SelfDistillPPO: SB3's PPO plus a KL term towards a frozen copy of its own past policy."""
+"""SelfDistillPPO: SB3's PPO plus a distillation term towards a teacher built from its own past."""
 
 from __future__ import annotations
 
@@ -15,30 +15,32 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from rl_selfdistill.algos.buffers import IndexedDictRolloutBuffer, IndexedRolloutBuffer
-from rl_selfdistill.distill.mixin import SelfDistillMixin
+from rl_selfdistill.distill.mixin import PhaseRecord, SelfDistillMixin
 from rl_selfdistill.distill.policy_kl import PolicyKL
 from rl_selfdistill.errors import UsageError
 
 # Rollouts are pushed through the teacher in chunks of this many samples: one pass per chunk,
 # bounded memory for image observations and huge rollouts.
 TEACHER_CHUNK_SIZE = 8192
+Observations = th.Tensor | dict[str, th.Tensor]
 
 
 class SelfDistillPPO(SelfDistillMixin, PPO):
     """PPO with policy self-distillation; a drop-in replacement for ``stable_baselines3.PPO``.
 
-    Every ``teacher_update_interval`` environment steps (checked at rollout boundaries) the
-    current policy is frozen as the teacher. After each rollout the teacher's distribution
-    parameters for all its observations are computed in one no-grad pass; every PPO
-    minibatch then adds ``distill_coef * KL(teacher || student)`` (batch mean) to the loss.
+    The teacher is a copy of the policy from its own past (see ``DistillConfig`` for the modes).
+    When the teacher stays fixed for a whole rollout (refreshes counted in env steps or update
+    phases), its distribution parameters for every rollout sample are computed once, in one
+    no-grad pass when the rollout is complete, and each minibatch reads its rows from them.
+    A teacher that moves every gradient step (``lagged`` or ``teacher_update_unit="gradient_steps"``)
+    is run on each minibatch instead: one extra forward pass per gradient step.
 
     Takes every ``PPO`` argument plus the distillation keywords of
-    ``rl_selfdistill.distill.config.DistillConfig`` (``distill_coef``, ``teacher_update_interval``,
-    ``teacher_mode`` = snapshot | ema | ensemble, ...). ``distill_coef=0`` trains exactly like PPO.
+    ``rl_selfdistill.distill.config.DistillConfig``. ``distill_coef=0`` trains exactly like PPO.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._rollout_teacher_params: th.Tensor | None = None
+        self._rollout_teacher: tuple[th.Tensor, th.Tensor | None] | None = None
         super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
@@ -46,7 +48,10 @@ class SelfDistillPPO(SelfDistillMixin, PPO):
             self.rollout_buffer_class = self._indexed_buffer_class()
         super()._setup_model()
         if self.distiller.enabled:
-            self.policy_kl = PolicyKL.for_policy(self.policy, self.distiller.temperature, self.distiller.direction)
+            self.policy_kl = PolicyKL.for_policy(self.policy, self.distiller.config)
+            vec_normalize = self.get_vec_normalize_env()
+            if vec_normalize is not None and vec_normalize.norm_obs and isinstance(self.rollout_buffer, IndexedRolloutBuffer):
+                self.rollout_buffer.raw_observation_source = vec_normalize.get_original_obs
         self._bind_teacher_storage(self.policy)
 
     def _indexed_buffer_class(self) -> type[RolloutBuffer] | type[DictRolloutBuffer]:
@@ -61,49 +66,106 @@ class SelfDistillPPO(SelfDistillMixin, PPO):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_rollout_teacher_params", "policy_kl"]
+        return [*super()._excluded_save_params(), "_rollout_teacher", "policy_kl"]
+
+    # ------------------------------------------------------------------ teacher refresh and rollout outputs
 
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
     ) -> bool:
-        # Refreshing only here, between rollouts, keeps one teacher per rollout.
-        self.distiller.refresh_if_due(self.policy, self.num_timesteps)
-        self._rollout_teacher_params = None
+        # Refreshes counted in env steps or phases happen only here, between rollouts: one teacher per rollout.
+        if self.distiller.enabled:
+            self._teacher_tick_between_phases()
+        self._rollout_teacher = None
         complete = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
-        if complete and self.distiller.enabled and self.distiller.teacher.is_ready:
-            self._rollout_teacher_params = self._teacher_params_for_rollout(rollout_buffer)
+        teacher = self.distiller.teacher
+        if complete and self.distiller.enabled and teacher.is_ready and not teacher.changes_every_gradient_step:
+            self._rollout_teacher = self._teacher_outputs_for_rollout(rollout_buffer)
         return complete
 
-    @th.no_grad()
-    def _teacher_params_for_rollout(self, rollout_buffer: RolloutBuffer | DictRolloutBuffer) -> th.Tensor:
-        """Distribution parameters of every teacher for every rollout sample: ``[members, n_samples, p]``.
+    def _flat_rollout_observations(self, buffer: RolloutBuffer | DictRolloutBuffer) -> np.ndarray | dict[str, np.ndarray]:
+        if isinstance(buffer.observations, dict):
+            return {key: buffer.swap_and_flatten(value) for key, value in buffer.observations.items()}
+        return buffer.swap_and_flatten(buffer.observations)
 
-        Rows follow the flat order (env-major) that ``RolloutBuffer.get`` uses for its indices.
-        """
-        observations = rollout_buffer.observations
-        if isinstance(observations, dict):
-            flat: np.ndarray | dict[str, np.ndarray] = {k: rollout_buffer.swap_and_flatten(v) for k, v in observations.items()}
-            n_samples = len(next(iter(flat.values())))
+    @th.no_grad()
+    def _teacher_outputs_for_rollout(self, buffer: RolloutBuffer | DictRolloutBuffer) -> tuple[th.Tensor, th.Tensor | None]:
+        """Distribution parameters ``[members, n_samples, p]`` (and values ``[members, n_samples]`` when the
+        value is distilled) of every teacher for every rollout sample, in ``get``'s flat (env-major) order."""
+        observations = self._flat_rollout_observations(buffer)
+        raw = buffer.flat_raw_observations()  # type: ignore[union-attr]
+        n_samples = len(next(iter(observations.values()))) if isinstance(observations, dict) else len(observations)
+        chunks = [slice(start, start + TEACHER_CHUNK_SIZE) for start in range(0, n_samples, TEACHER_CHUNK_SIZE)]
+        params, values = [], []
+        for network, stats in self.distiller.teacher.active_members():
+            outputs = [self._teacher_forward(network, stats, observations, raw, rows) for rows in chunks]
+            params.append(th.cat([output[0] for output in outputs]))
+            if self.distiller.config.distill_value_coef > 0:
+                values.append(th.cat([output[1] for output in outputs]))
+        return th.stack(params), (th.stack(values) if values else None)
+
+    def _teacher_forward(
+        self, network: Any, stats: Any, observations: Any, raw: np.ndarray | None, rows: Any
+    ) -> tuple[th.Tensor, th.Tensor | None]:
+        """One teacher's distribution parameters and values on the given rows, with its own normalisation."""
+        obs = self._teacher_observations(stats, observations, raw, rows)
+        features = network.extract_features(obs)
+        if network.share_features_extractor:
+            latent_pi, latent_vf = network.mlp_extractor(features)
         else:
-            flat = rollout_buffer.swap_and_flatten(observations)
-            n_samples = len(flat)
-        members = []
-        for teacher in self.teacher_networks:
-            chunks = []
-            for start in range(0, n_samples, TEACHER_CHUNK_SIZE):
-                chunk = (
-                    {k: v[start : start + TEACHER_CHUNK_SIZE] for k, v in flat.items()}
-                    if isinstance(flat, dict)
-                    else (flat[start : start + TEACHER_CHUNK_SIZE])
-                )
-                obs_tensor = (
-                    {k: rollout_buffer.to_torch(v) for k, v in chunk.items()}
-                    if isinstance(chunk, dict)
-                    else (rollout_buffer.to_torch(chunk))
-                )
-                chunks.append(self.policy_kl.params(teacher, teacher.get_distribution(obs_tensor)))
-            members.append(th.cat(chunks))
-        return th.stack(members)
+            latent_pi = network.mlp_extractor.forward_actor(features[0])
+            latent_vf = network.mlp_extractor.forward_critic(features[1])
+        distribution = network._get_action_dist_from_latent(latent_pi)
+        values = network.value_net(latent_vf).flatten() if self.distiller.config.distill_value_coef > 0 else None
+        return self.policy_kl.params(network, distribution), values
+
+    def _teacher_observations(self, stats: Any, observations: Any, raw: np.ndarray | None, rows: Any) -> Observations:
+        """Rows of the rollout as the teacher must see them: re-normalised with its own statistics when known."""
+        vec_normalize = self.get_vec_normalize_env()
+        if stats is not None and raw is not None and vec_normalize is not None:
+            return self.rollout_buffer.to_torch(vec_normalize._normalize_obs(raw[rows], stats).astype(np.float32))
+        if isinstance(observations, dict):
+            return {key: self.rollout_buffer.to_torch(value[rows]) for key, value in observations.items()}
+        return self.rollout_buffer.to_torch(observations[rows])
+
+    # ------------------------------------------------------------------ the distillation term of one minibatch
+
+    def _distill_term(self, phase: PhaseRecord, indices: np.ndarray, student_values: th.Tensor) -> th.Tensor:
+        """Distillation loss on the rollout rows `indices` (before weighting), recorded in `phase`.
+
+        The student's distribution on these rows is the one ``evaluate_actions`` just built (SB3 keeps it on
+        ``policy.action_dist``), unless a separate batch is drawn, which costs one more student pass.
+        """
+        config = self.distiller.config
+        if config.distill_separate_batch:
+            indices = phase.separate_indices(len(indices))
+            obs = self._teacher_observations(None, phase.observations, None, indices)
+            distribution = self.policy.get_distribution(obs)
+            student_values = self.policy.predict_values(obs).flatten() if config.distill_value_coef > 0 else student_values
+        else:
+            distribution = self.policy.action_dist
+        student_params = self.policy_kl.params(self.policy, distribution)
+        teacher_params, teacher_values = self._teacher_rows(phase, indices)
+        kl = self.policy_kl.mean_over_teachers(teacher_params, student_params)
+        value_loss = None
+        if teacher_values is not None:
+            value_loss = th.stack([F.mse_loss(student_values, member) for member in teacher_values]).mean()
+        return phase.record_distill(kl, value_loss)
+
+    def _teacher_rows(self, phase: PhaseRecord, indices: np.ndarray) -> tuple[th.Tensor, th.Tensor | None]:
+        if self._rollout_teacher is not None:
+            params, values = self._rollout_teacher
+            rows = th.as_tensor(indices, device=params.device)
+            return params[:, rows], (values[:, rows] if values is not None else None)
+        with th.no_grad():
+            outputs = [
+                self._teacher_forward(network, stats, phase.observations, phase.raw_observations, indices)
+                for network, stats in self.distiller.teacher.active_members()
+            ]
+        values = [output[1] for output in outputs if output[1] is not None]
+        return th.stack([output[0] for output in outputs]), (th.stack(values) if values else None)
+
+    # ------------------------------------------------------------------ train
 
     def train(self) -> None:
         if not self.distiller.enabled:
@@ -112,21 +174,21 @@ class SelfDistillPPO(SelfDistillMixin, PPO):
         self._train_with_distillation()
 
     def _train_with_distillation(self) -> None:
-        """PPO's ``train()`` (SB3 2.x, line for line) with the KL term added to each minibatch loss."""
+        """PPO's ``train()`` (SB3 2.7-2.9, line for line; see algos/ported.py) plus the distillation term."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
-        distill_coef = self.distiller.coefficient.value(self._current_progress_remaining)
-        teacher_params = self._rollout_teacher_params
         buffer = self.rollout_buffer
         assert isinstance(buffer, IndexedRolloutBuffer | IndexedDictRolloutBuffer)
+        phase = self._start_distill_phase(
+            observations=self._flat_rollout_observations(buffer), raw_observations=buffer.flat_raw_observations()
+        )
 
         entropy_losses = []
         pg_losses, value_losses = [], []
         clip_fractions = []
-        distill_kls: list[th.Tensor] = []
 
         continue_training = True
         for epoch in range(self.n_epochs):
@@ -169,13 +231,11 @@ class SelfDistillPPO(SelfDistillMixin, PPO):
 
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
 
-                if teacher_params is not None:
-                    batch_indices = th.as_tensor(buffer.last_batch_indices, device=teacher_params.device)
-                    # evaluate_actions left the distribution it built on the policy (SB3 reuses one object).
-                    student_params = self.policy_kl.params(self.policy, self.policy.action_dist)
-                    distill_kl = self.policy_kl.mean_over_teachers(teacher_params[:, batch_indices], student_params)
-                    distill_kls.append(distill_kl.detach())
-                    loss = loss + distill_coef * distill_kl
+                if self.distiller.teacher.is_ready:
+                    # The relative weight compares with |L_PG|, as CHAIN does.
+                    phase.record_rl_loss(policy_loss.detach().abs())
+                    distill_loss = self._distill_term(phase, buffer.last_batch_indices, values)
+                    loss = loss + phase.coef * distill_loss
 
                 # Approximate reverse KL to the behaviour policy for early stopping (SB3 issue #417).
                 with th.no_grad():
@@ -193,6 +253,7 @@ class SelfDistillPPO(SelfDistillMixin, PPO):
                 loss.backward()
                 th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
+                self._teacher_tick_gradient_step()
 
             self._n_updates += 1
             if not continue_training:
@@ -213,4 +274,16 @@ class SelfDistillPPO(SelfDistillMixin, PPO):
         self.logger.record("train/clip_range", clip_range)
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
-        self.distiller.end_phase(self.logger, distill_kls, distill_coef, self.num_timesteps)
+        self._end_distill_phase(phase)
+
+    # ------------------------------------------------------------------ hooks of the shared mixin
+
+    def _student_network(self) -> th.nn.Module:
+        return self.policy
+
+    def _reference_outputs(self, network: Any, observations: Any) -> th.Tensor:
+        """Flat distribution parameters of `network` on the diagnostics' reference observations."""
+        return self.policy_kl.params(network, network.get_distribution(observations))
+
+    def _reset_prefixes(self) -> tuple[str, ...]:
+        return ("",) if self.distiller.config.reset_parts == "all" else ("action_net.", "value_net.", "log_std")

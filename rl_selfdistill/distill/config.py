@@ -17,8 +17,12 @@ from rl_selfdistill import validators as v
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.schedules import ScheduleLike, parse_schedule
 
-TEACHER_MODES: tuple[str, ...] = ("snapshot", "ema", "ensemble", "target")
+TEACHER_MODES: tuple[str, ...] = ("snapshot", "ema", "ensemble", "lagged", "reset", "target")
+TEACHER_UNITS: tuple[str, ...] = ("env_steps", "gradient_steps", "phases")
 KL_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
+COEF_MODES: tuple[str, ...] = ("fixed", "relative")
+GAUSSIAN_TARGETS: tuple[str, ...] = ("full", "mean_mse", "mean_kl")
+RESET_PARTS: tuple[str, ...] = ("all", "heads")
 
 
 def _coefficient(key: str, value: Any) -> Any:
@@ -51,9 +55,14 @@ class DistillConfig:
         0.5, _coefficient, "weight of the distillation term: number, lin_<v> or callable; 0 = plain SB3"
     )
     teacher_update_interval: int = _setting(
-        20_000, v.int_at_least(1), "environment steps (summed over envs) between teacher refreshes"
+        20_000, v.int_at_least(1), "teacher_update_units between refreshes; for lagged: the lag; for reset: between resets"
     )
-    teacher_mode: str = _setting("snapshot", v.choice(*TEACHER_MODES), "snapshot | ema | ensemble | target (DQN)")
+    teacher_update_unit: str = _setting(
+        "env_steps", v.choice(*TEACHER_UNITS), "env_steps (summed over envs) | gradient_steps | phases (update phases)"
+    )
+    teacher_mode: str = _setting(
+        "snapshot", v.choice(*TEACHER_MODES), "snapshot | ema | ensemble | lagged | reset | target (DQN)"
+    )
     teacher_tau: float = _setting(0.05, v.float_in(0.0, 1.0, open_low=True), "Polyak rate of the ema teacher")
     teacher_ensemble_size: int = _setting(3, v.int_at_least(1), "snapshots kept by the ensemble teacher")
     kl_direction: str = _setting("forward", v.choice(*KL_DIRECTIONS), "forward = KL(teacher||student), reverse")
@@ -62,6 +71,26 @@ class DistillConfig:
         None, v.optional(v.float_in(0.0, open_low=True)), "adapt the coefficient towards this mean KL"
     )
     distill_coef_bounds: tuple[float, float] = _setting((1e-4, 10.0), _coef_bounds, "clamp range of the adaptive coefficient")
+    distill_coef_mode: str = _setting(
+        "fixed",
+        v.choice(*COEF_MODES),
+        "fixed: the weight is distill_coef; relative: distill_coef x mean|L_RL| / mean L_distill",
+    )
+    distill_relative_window: int = _setting(
+        100, v.int_at_least(1), "gradient steps in the running means of the relative weight"
+    )
+    distill_warmup: int = _setting(0, v.int_at_least(0), "gradient steps with a teacher before the relative weight starts")
+    distill_lr_scaled: bool = _setting(False, v.boolean, "multiply the weight by the learning-rate schedule's fraction")
+    distill_gate: bool = _setting(False, v.boolean, "multiply the weight by max(0, (R_teacher - R_student) / |R_teacher|)")
+    distill_separate_batch: bool = _setting(False, v.boolean, "distil on an independent minibatch / replay sample")
+    distill_gaussian: str = _setting(
+        "full", v.choice(*GAUSSIAN_TARGETS), "Gaussian policies: full KL | mean_mse | mean_kl (student std detached)"
+    )
+    distill_value_coef: float = _setting(0.0, v.float_in(0.0), "weight of the MSE to the teacher's values / Q-values")
+    reset_parts: str = _setting("all", v.choice(*RESET_PARTS), "reset mode: re-initialise the whole network or its heads")
+    reset_anneal_steps: int = _setting(
+        10_000, v.int_at_least(1), "reset mode: env steps over which the weight falls from distill_coef to 0"
+    )
 
     def __post_init__(self) -> None:
         for name, validator in self.validators().items():
@@ -91,6 +120,11 @@ class DistillConfig:
         coef = values.get("distill_coef", 0.5)
         if values.get("distill_target_kl") is not None and (callable(coef) or isinstance(coef, str)):
             raise UsageError("an adaptive coefficient (distill_target_kl) starts from a constant distill_coef, not a schedule")
+        if values.get("distill_target_kl") is not None and values.get("distill_coef_mode", "fixed") != "fixed":
+            raise UsageError("distill_target_kl adapts a fixed coefficient; drop it or use distill_coef_mode: fixed")
+        mode, unit = values.get("teacher_mode", "snapshot"), values.get("teacher_update_unit", "env_steps")
+        if mode in ("reset", "target") and unit != "env_steps":
+            raise UsageError(f"teacher_mode {mode!r} counts env steps; drop teacher_update_unit or set it to env_steps")
         if callable(coef):
             schedule: Callable[[float], float] = parse_schedule(coef, "distill_coef")
             if schedule(1.0) < 0 or schedule(0.0) < 0:

@@ -1,9 +1,13 @@
-"""What every self-distilling algorithm instance holds: its settings, teacher cadence, coefficient, logging."""
+"""What every self-distilling algorithm instance holds: settings, teacher cadence, weight, one phase's record."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch as th
 from stable_baselines3.common.logger import Logger
 from torch import nn
@@ -14,11 +18,49 @@ from rl_selfdistill.distill.kl import KLDirection
 from rl_selfdistill.distill.teacher import Teacher
 
 
+@dataclass
+class PhaseRecord:
+    """The distillation side of one update phase: its weight, and the losses of its gradient steps.
+
+    Losses are kept as detached tensors and read once at the end of the phase (one device sync).
+    """
+
+    coef: float
+    value_coef: float = 0.0
+    observations: Any = None  # what the phase trains on (PPO: the flat rollout), for separate batches and diagnostics
+    raw_observations: np.ndarray | None = None
+    n_rows: int = 0
+    kls: list[th.Tensor] = field(default_factory=list)
+    value_losses: list[th.Tensor] = field(default_factory=list)
+    distill_losses: list[th.Tensor] = field(default_factory=list)
+    rl_losses: list[th.Tensor] = field(default_factory=list)
+
+    def record_distill(self, kl: th.Tensor, value_loss: th.Tensor | None = None) -> th.Tensor:
+        """The unweighted distillation loss of one gradient step: KL (+ value_coef x value MSE)."""
+        loss = kl if value_loss is None else kl + self.value_coef * value_loss
+        self.kls.append(kl.detach())
+        if value_loss is not None:
+            self.value_losses.append(value_loss.detach())
+        self.distill_losses.append(loss.detach())
+        return loss
+
+    def record_rl_loss(self, magnitude: th.Tensor) -> None:
+        self.rl_losses.append(magnitude)
+
+    def separate_indices(self, size: int) -> np.ndarray:
+        """Rows of an independent minibatch of the same size (with replacement, like a replay sample)."""
+        return np.random.randint(0, self.n_rows, size=size)
+
+
+def _means(values: Sequence[th.Tensor]) -> list[float]:
+    return th.stack(list(values)).cpu().tolist() if values else []
+
+
 class Distiller:
     """Settings and state of self-distillation for one algorithm instance.
 
-    Pickled with the model by SB3's ``save`` (counters, coefficient state); the teacher's
-    networks are saved separately as a state dict (see ``Teacher``).
+    Pickled with the model by SB3's ``save`` (counters, coefficient state, running means); the
+    teacher's networks are saved separately as a state dict (see ``Teacher``).
     """
 
     def __init__(self, config: DistillConfig) -> None:
@@ -27,31 +69,98 @@ class Distiller:
         self.teacher = Teacher(config)
         self.direction: KLDirection = config.kl_direction  # type: ignore[assignment]  # validated by DistillConfig
         self.temperature = float(config.distill_temperature)
+        window = config.distill_relative_window
+        self.rl_loss_window: deque[float] = deque(maxlen=window)
+        self.distill_loss_window: deque[float] = deque(maxlen=window)
+        self.gradient_steps_with_teacher = 0
+        self.teacher_return: float | None = None  # mean episode return when the teacher was taken (gate)
+        self.last_factors: dict[str, float] = {}
 
     @property
     def enabled(self) -> bool:
         """False for distill_coef=0: no teacher is ever built, training is exactly the SB3 parent's."""
         return not self.coefficient.is_off
 
-    def refresh_if_due(self, student: nn.Module, num_timesteps: int) -> bool:
+    def refresh_if_due(self, student: nn.Module, num_timesteps: int, obs_stats: Any = None) -> bool:
         if not self.enabled or not self.teacher.is_due(num_timesteps):
             return False
-        self.teacher.refresh(student, num_timesteps)
+        self.teacher.refresh(student, num_timesteps, obs_stats)
         return True
 
-    def end_phase(self, logger: Logger, kls: Sequence[th.Tensor], coef: float, num_timesteps: int) -> None:
-        """Log one update phase (a PPO rollout's epochs, a DQN ``train()`` call) and adapt the coefficient.
+    # ------------------------------------------------------------------ the weight of one phase
 
-        ``kls`` are the batch-mean KLs of the phase's minibatches; like SB3's ``train/`` keys the
-        logged value is their mean. One device sync for the whole phase.
+    def relative_factor(self) -> float:
+        """mean |L_RL| / mean L_distill over the window; 0 during the warm-up or before any distillation loss."""
+        if self.gradient_steps_with_teacher < self.config.distill_warmup or not self.distill_loss_window:
+            return 0.0
+        mean_distill = float(np.mean(self.distill_loss_window))
+        return float(np.mean(self.rl_loss_window)) / mean_distill if mean_distill > 0 else 0.0
+
+    def gate_factor(self, student_return: float | None) -> float:
+        """max(0, (R_teacher - R_student) / |R_teacher|), at most 1: distil only while the student is behind.
+
+        With positive returns this is QDagger's max(0, 1 - R_student / R_teacher); dividing by |R_teacher|
+        keeps the sign right for negative returns (Pendulum). Unknown returns leave the weight unchanged.
+        """
+        if student_return is None or self.teacher_return is None:
+            return 1.0
+        gap = self.teacher_return - student_return
+        if self.teacher_return == 0:
+            return 1.0 if gap > 0 else 0.0
+        return float(min(max(gap / abs(self.teacher_return), 0.0), 1.0))
+
+    def reset_anneal_factor(self, num_timesteps: int) -> float:
+        """Reset mode: from 1 just after a reset down to 0 after reset_anneal_steps env steps."""
+        if self.teacher.last_update_step is None:
+            return 0.0
+        elapsed = num_timesteps - self.teacher.last_update_step
+        return max(0.0, 1.0 - elapsed / self.config.reset_anneal_steps)
+
+    def phase_coef(
+        self, progress_remaining: float, num_timesteps: int, lr_fraction: float, student_return: float | None
+    ) -> float:
+        """The weight of the distillation term for one update phase (logged as distill/coef)."""
+        config = self.config
+        factors = {"base": self.coefficient.value(progress_remaining)}
+        if config.distill_coef_mode == "relative":
+            factors["relative"] = self.relative_factor()
+        if config.distill_lr_scaled:
+            factors["lr"] = lr_fraction
+        if config.distill_gate:
+            factors["gate"] = self.gate_factor(student_return)
+        if config.teacher_mode == "reset":
+            factors["reset_anneal"] = self.reset_anneal_factor(num_timesteps)
+        self.last_factors = factors
+        return float(np.prod(list(factors.values())))
+
+    # ------------------------------------------------------------------ end of a phase
+
+    def end_phase(self, logger: Logger, phase: PhaseRecord, num_timesteps: int) -> None:
+        """Log one update phase (a PPO rollout's epochs, a DQN ``train()`` call), update running means and adapt.
+
+        Like SB3's ``train/`` keys, each logged loss is the mean over the phase's gradient steps.
         """
         logger.record("distill/teacher_updates", self.teacher.n_updates)
         if self.teacher.last_update_step is not None:
             logger.record("distill/teacher_age", num_timesteps - self.teacher.last_update_step)
-        logger.record("distill/coef", coef)
-        if not kls:
+        logger.record("distill/coef", phase.coef)
+        for name, value in self.last_factors.items():
+            if name != "base":
+                logger.record(f"distill/coef_{name}", value)
+        if not phase.kls:
             return
-        mean_kl = kls[0].item() if len(kls) == 1 else th.stack(list(kls)).mean().item()
+        kls, distill_losses, rl_losses = _means(phase.kls), _means(phase.distill_losses), _means(phase.rl_losses)
+        self.gradient_steps_with_teacher += len(kls)
+        self.distill_loss_window.extend(distill_losses)
+        self.rl_loss_window.extend(rl_losses)
+        mean_kl = float(np.mean(kls))
         logger.record("distill/kl", mean_kl)
-        logger.record("distill/loss", coef * mean_kl)
+        logger.record("distill/loss", phase.coef * float(np.mean(distill_losses)))
+        if phase.value_losses:
+            logger.record("distill/value_loss", float(np.mean(_means(phase.value_losses))))
+        if rl_losses:
+            logger.record("distill/loss_ratio", phase.coef * float(np.mean(distill_losses)) / max(np.mean(rl_losses), 1e-12))
+        if self.config.distill_coef_mode == "relative":
+            logger.record("distill/rl_loss_running", float(np.mean(self.rl_loss_window)))
+            logger.record("distill/distill_loss_running", float(np.mean(self.distill_loss_window)))
         self.coefficient.update(mean_kl)

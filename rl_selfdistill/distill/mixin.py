@@ -19,10 +19,17 @@ from __future__ import annotations
 import inspect
 from typing import Any, ClassVar
 
+import numpy as np
+import torch as th
 from torch import nn
 
 from rl_selfdistill.distill.config import DistillConfig
-from rl_selfdistill.distill.distiller import Distiller
+from rl_selfdistill.distill.distiller import Distiller, PhaseRecord
+
+__all__ = ["PhaseRecord", "SelfDistillMixin"]
+
+# States in the fixed reference batch of the diagnostics (policy churn, student vs teacher entropy / std).
+REFERENCE_BATCH_SIZE = 256
 
 
 def _distill_parameters() -> list[inspect.Parameter]:
@@ -72,3 +79,144 @@ class SelfDistillMixin:
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts, variables = super()._get_torch_save_params()  # type: ignore[misc]
         return [*state_dicts, "teacher_networks"], variables
+
+    def _excluded_save_params(self) -> list[str]:
+        # The diagnostics' reference batch is rebuilt after a load (it only feeds distill/churn).
+        return [*super()._excluded_save_params(), "_reference_obs", "_reference_greedy"]  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ what the algorithm class provides
+
+    def _student_network(self) -> nn.Module:
+        """The network the teacher copies (PPO: the policy, DQN: the online Q-network)."""
+        raise NotImplementedError
+
+    def _reference_outputs(self, network: Any, observations: Any) -> th.Tensor:
+        """Logits, Q-values or [mean, log_std] of `network` on the reference observations."""
+        raise NotImplementedError
+
+    def _reset_prefixes(self) -> tuple[str, ...]:
+        """State-dict key prefixes (of the policy) that a reset re-initialises, for the configured reset_parts."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ teacher cadence
+
+    def _teacher_obs_stats(self) -> Any:
+        """The observation statistics the student is trained with now (VecNormalize), or None."""
+        vec_normalize = self.get_vec_normalize_env()  # type: ignore[attr-defined]
+        return vec_normalize.obs_rms if vec_normalize is not None and vec_normalize.norm_obs else None
+
+    def _recent_return(self) -> float | None:
+        episodes = getattr(self, "ep_info_buffer", None)
+        return float(np.mean([info["r"] for info in episodes])) if episodes else None
+
+    def _on_teacher_refreshed(self) -> None:
+        self.distiller.teacher_return = self._recent_return()
+        if self.distiller.config.teacher_mode == "reset":
+            self._reset_student()
+
+    def _teacher_tick_between_phases(self) -> None:
+        """At a phase boundary: a refresh due in env steps, and one tick of the `phases` unit."""
+        student, steps, stats = self._student_network(), self.num_timesteps, self._teacher_obs_stats()  # type: ignore[attr-defined]
+        refreshed = self.distiller.refresh_if_due(student, steps, stats)
+        refreshed = self.distiller.teacher.tick("phases", student, steps, stats) or refreshed
+        if refreshed:
+            self._on_teacher_refreshed()
+
+    def _teacher_tick_gradient_step(self) -> None:
+        teacher = self.distiller.teacher
+        if teacher.update_unit == "gradient_steps":
+            stats = self._teacher_obs_stats()
+            if teacher.tick("gradient_steps", self._student_network(), self.num_timesteps, stats):  # type: ignore[attr-defined]
+                self._on_teacher_refreshed()
+
+    # ------------------------------------------------------------------ reset-and-distill
+
+    def _reset_student(self) -> None:
+        """Re-initialise the student (all of it, or its heads) with a fresh optimizer; the teacher keeps the old one."""
+        policy = self.policy  # type: ignore[attr-defined]
+        fresh = self.policy_class(  # type: ignore[attr-defined]
+            self.observation_space,
+            self.action_space,
+            self.lr_schedule,
+            **self._fresh_policy_kwargs(),  # type: ignore[attr-defined]
+        ).to(self.device)  # type: ignore[attr-defined]
+        prefixes = self._reset_prefixes()
+        state = {key: value for key, value in fresh.state_dict().items() if key.startswith(prefixes)}
+        policy.load_state_dict(state, strict=False)
+        # A fresh optimizer over the same parameters SB3 optimises (PPO: the policy, DQN: the online Q-network).
+        policy.optimizer = policy.optimizer_class(
+            self._student_network().parameters(),
+            lr=self.lr_schedule(self._current_progress_remaining),  # type: ignore[attr-defined]
+            **policy.optimizer_kwargs,
+        )
+
+    def _fresh_policy_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.policy_kwargs)  # type: ignore[attr-defined]
+        if getattr(self, "use_sde", False):
+            kwargs["use_sde"] = True
+        return kwargs
+
+    # ------------------------------------------------------------------ one update phase
+
+    def _start_distill_phase(self, observations: Any = None, raw_observations: Any = None) -> PhaseRecord:
+        progress = self._current_progress_remaining  # type: ignore[attr-defined]
+        lr_fraction = self.lr_schedule(progress) / self.lr_schedule(1.0)  # type: ignore[attr-defined]
+        coef = self.distiller.phase_coef(progress, self.num_timesteps, lr_fraction, self._recent_return())  # type: ignore[attr-defined]
+        if observations is None:
+            n_rows = 0
+        else:
+            n_rows = len(next(iter(observations.values()))) if isinstance(observations, dict) else len(observations)
+        return PhaseRecord(
+            coef=coef,
+            value_coef=self.distiller.config.distill_value_coef,
+            observations=observations,
+            raw_observations=raw_observations,
+            n_rows=n_rows,
+        )
+
+    def _end_distill_phase(self, phase: PhaseRecord, reference: Any = None) -> None:
+        self.distiller.end_phase(self.logger, phase, self.num_timesteps)  # type: ignore[attr-defined]
+        self._log_diagnostics(phase.observations if reference is None else reference)
+
+    # ------------------------------------------------------------------ diagnostics
+
+    @th.no_grad()
+    def _log_diagnostics(self, observations: Any) -> None:
+        """Policy churn and the student's entropy / std beside the teacher's, on a fixed reference batch."""
+        if getattr(self, "_reference_obs", None) is None:
+            if observations is None:
+                return
+            self._reference_obs = _first_rows(observations, REFERENCE_BATCH_SIZE, self.device)  # type: ignore[attr-defined]
+            self._reference_greedy = None
+        student = self._reference_outputs(self._student_network(), self._reference_obs)
+        self._log_spread("student", student)
+        members = self.distiller.teacher.active_members()
+        if members:
+            self._log_spread("teacher", self._reference_outputs(members[-1][0], self._reference_obs))
+        if self._is_discrete_output():
+            greedy = student.argmax(dim=-1)
+            previous = getattr(self, "_reference_greedy", None)
+            if previous is not None:
+                self.logger.record("distill/churn", (greedy != previous).float().mean().item())  # type: ignore[attr-defined]
+            self._reference_greedy = greedy
+
+    def _is_discrete_output(self) -> bool:
+        from gymnasium import spaces
+
+        return isinstance(self.action_space, spaces.Discrete)  # type: ignore[attr-defined]
+
+    def _log_spread(self, who: str, outputs: th.Tensor) -> None:
+        if self._is_discrete_output():
+            entropy = th.distributions.Categorical(logits=outputs / self.distiller.temperature).entropy().mean()
+            self.logger.record(f"distill/{who}_entropy", entropy.item())  # type: ignore[attr-defined]
+        elif outputs.shape[-1] % 2 == 0 and hasattr(self.policy, "log_std"):  # type: ignore[attr-defined]
+            log_std = outputs.chunk(2, dim=-1)[1]
+            self.logger.record(f"distill/{who}_std", log_std.exp().mean().item())  # type: ignore[attr-defined]
+
+
+def _first_rows(observations: Any, count: int, device: th.device) -> Any:
+    if isinstance(observations, dict):
+        return {key: th.as_tensor(np.asarray(value[:count]), device=device) for key, value in observations.items()}
+    if isinstance(observations, th.Tensor):
+        return observations[:count].detach().clone()
+    return th.as_tensor(np.asarray(observations[:count]), device=device)

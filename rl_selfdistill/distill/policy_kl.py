@@ -20,6 +20,7 @@ from stable_baselines3.common.distributions import (
 )
 from stable_baselines3.common.policies import ActorCriticPolicy
 
+from rl_selfdistill.distill.config import DistillConfig
 from rl_selfdistill.distill.kl import KLDirection, bernoulli_kl, categorical_kl, gaussian_kl, multi_categorical_kl
 from rl_selfdistill.errors import UsageError
 
@@ -32,9 +33,10 @@ class PolicyKL:
     action_dims: tuple[int, ...] = ()
     temperature: float = 1.0
     direction: KLDirection = "forward"
+    gaussian_target: str = "full"  # full KL | mean_mse | mean_kl (student std detached)
 
     @classmethod
-    def for_policy(cls, policy: ActorCriticPolicy, temperature: float, direction: KLDirection) -> PolicyKL:
+    def for_policy(cls, policy: ActorCriticPolicy, config: DistillConfig) -> PolicyKL:
         distribution = policy.action_dist
         supported = (CategoricalDistribution, MultiCategoricalDistribution, BernoulliDistribution, DiagGaussianDistribution)
         if not isinstance(distribution, supported):
@@ -46,7 +48,8 @@ class PolicyKL:
         action_dims = (
             tuple(int(n) for n in distribution.action_dims) if isinstance(distribution, MultiCategoricalDistribution) else ()
         )
-        return cls(type(distribution), action_dims, temperature, direction)
+        direction: KLDirection = config.kl_direction  # type: ignore[assignment]  # validated by DistillConfig
+        return cls(type(distribution), action_dims, config.distill_temperature, direction, config.distill_gaussian)
 
     def params(self, policy: ActorCriticPolicy, distribution: Distribution) -> th.Tensor:
         """Flat parameters of ``distribution``, as produced by ``policy`` (keeps the autograd graph)."""
@@ -63,6 +66,12 @@ class PolicyKL:
         if self.distribution_type is DiagGaussianDistribution:
             teacher_mean, teacher_log_std = teacher_params.chunk(2, dim=-1)
             student_mean, student_log_std = student_params.chunk(2, dim=-1)
+            if self.gaussian_target == "mean_mse":
+                # Means only: the std gets no gradient from the distillation term (CHAIN's PPO regulariser).
+                return (teacher_mean - student_mean).pow(2).sum(dim=-1)
+            if self.gaussian_target == "mean_kl":
+                # The KL's mean term, scaled by the student's variance, with the std held out of the gradient.
+                student_log_std = student_log_std.detach()
             return gaussian_kl(teacher_mean, teacher_log_std, student_mean, student_log_std, self.temperature, self.direction)
         if self.distribution_type is MultiCategoricalDistribution:
             return multi_categorical_kl(teacher_params, student_params, self.action_dims, self.temperature, self.direction)

@@ -39,25 +39,39 @@ class Teacher:
     Modes:
       - ``snapshot``: one network, overwritten with the student's weights at every refresh.
       - ``ema``: one network; the first refresh copies the student, later ones move it
-        towards the student by Polyak averaging with ``tau`` (1 = snapshot).
+        towards the student by Polyak averaging with ``tau`` (1 = snapshot). With
+        ``teacher_update_unit="gradient_steps"`` and interval 1 it is updated every gradient step.
       - ``ensemble``: the last ``ensemble_size`` snapshots; the loss averages the KL to each.
+      - ``lagged``: the student exactly ``update_interval`` units ago (gradient steps or update
+        phases): a ring of interval + 1 copies, one pushed per unit; no teacher until it is full.
+      - ``reset``: one snapshot taken just before the algorithm re-initialises the student.
       - ``target`` (DQN only): the target Q-network is the teacher; no copy is kept here.
 
-    A refresh is due when the step count crosses the next multiple of ``update_interval``,
-    so the cadence does not drift with the rollout size and survives save/load.
+    ``update_unit`` says what ``update_interval`` counts: environment steps (a refresh is due
+    when the step count crosses the next multiple, so the cadence does not drift with the
+    rollout size and survives save/load), gradient steps or update phases (a PPO rollout's
+    epochs, a DQN ``train()`` call), counted by ``tick``.
+
+    Each copy keeps the observation-normalisation statistics it was trained with (``obs_stats``,
+    a VecNormalize ``RunningMeanStd`` or None), so the algorithm can query it with its own.
 
     The networks live in an ``nn.ModuleList`` owned by the algorithm (saved as a state dict
-    by SB3); this object holds only counters and settings, which SB3 pickles with the model.
+    by SB3); this object holds only counters, settings and statistics, which SB3 pickles.
     """
 
     def __init__(self, config: DistillConfig) -> None:
         self.mode = config.teacher_mode
         self.update_interval = config.teacher_update_interval
+        self.update_unit = config.teacher_update_unit
         self.tau = config.teacher_tau
-        self.ensemble_size = config.teacher_ensemble_size if self.mode == "ensemble" else 1
+        self.capacity = {"ensemble": config.teacher_ensemble_size, "lagged": config.teacher_update_interval + 1}.get(
+            self.mode, 1
+        )
         self.n_updates = 0
         self.last_update_step: int | None = None
         self._last_interval_index = 0
+        self.ticks = 0
+        self.obs_stats: list[Any] = []
         self.networks = nn.ModuleList()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -86,37 +100,76 @@ class Teacher:
 
     @property
     def is_ready(self) -> bool:
-        return self.n_updates > 0
+        return bool(self.active_members()) if self.mode == "lagged" else self.n_updates > 0
+
+    @property
+    def changes_every_gradient_step(self) -> bool:
+        """True when the teacher moves inside an update phase: its outputs cannot be computed once per phase."""
+        return self.update_unit == "gradient_steps" and self.mode != "target"
+
+    def active_members(self) -> list[tuple[nn.Module, Any]]:
+        """The (network, observation statistics) pairs the loss distils from now, oldest first."""
+        members = list(zip(self.networks, self.obs_stats or [None] * len(self.networks)))
+        if self.mode == "lagged":
+            return members[:1] if len(members) == self.capacity else []
+        return members
 
     def bind(self, networks: nn.ModuleList) -> None:
         """Use ``networks`` (owned by the algorithm) as the storage of the teacher copies."""
         self.networks = networks
 
     def is_due(self, num_timesteps: int) -> bool:
-        return num_timesteps // self.update_interval > self._last_interval_index
+        """A refresh counted in env steps is due (never for the other units)."""
+        return self.update_unit == "env_steps" and num_timesteps // self.update_interval > self._last_interval_index
 
-    def refresh(self, student: nn.Module, num_timesteps: int) -> None:
-        """Take the student's current weights according to the mode."""
+    def tick(self, unit: str, student: nn.Module, num_timesteps: int, obs_stats: Any = None) -> bool:
+        """Count one gradient step or update phase; refresh (push, for ``lagged``) when due. True if refreshed."""
+        if unit != self.update_unit:
+            return False
+        self.ticks += 1
+        if self.mode != "lagged" and self.ticks % self.update_interval != 0:
+            return False
+        self.refresh(student, num_timesteps, obs_stats)
+        return True
+
+    def refresh(self, student: nn.Module, num_timesteps: int, obs_stats: Any = None) -> None:
+        """Take the student's current weights (and observation statistics) according to the mode."""
         if self.mode != "target":
-            self._refresh_copies(student)
+            self._refresh_copies(student, obs_stats)
         self.n_updates += 1
         self.last_update_step = num_timesteps
-        self._last_interval_index = num_timesteps // self.update_interval
+        if self.update_unit == "env_steps":
+            self._last_interval_index = num_timesteps // self.update_interval
 
-    def _refresh_copies(self, student: nn.Module) -> None:
+    def _refresh_copies(self, student: nn.Module, obs_stats: Any) -> None:
+        stats = copy.deepcopy(obs_stats)
         if self.mode == "ema" and len(self.networks) > 0:
             teacher = self.networks[0]
             polyak_update(student.parameters(), teacher.parameters(), self.tau)
             # Running statistics (batch norm) are copied, as SB3 does for its target networks.
             polyak_update(student.buffers(), teacher.buffers(), 1.0)
+            self.obs_stats = [_average_stats(self.obs_stats[0], stats, self.tau)]
             return
-        if len(self.networks) < self.ensemble_size:
+        if len(self.networks) < self.capacity:
             self.networks.append(frozen_copy(student))
+            self.obs_stats = [*self.obs_stats, stats]
             return
         # Full: recycle the oldest copy's storage for the newest snapshot.
         oldest = self.networks[0]
         with th.no_grad():
-            oldest.load_state_dict(student.state_dict())
+            for target, source in zip(oldest.state_dict().values(), student.state_dict().values()):
+                target.copy_(source)
         members = [*list(self.networks)[1:], oldest]
         for index, member in enumerate(members):
             self.networks[index] = member
+        self.obs_stats = [*self.obs_stats[1:], stats]
+
+
+def _average_stats(old: Any, new: Any, tau: float) -> Any:
+    """Polyak average of two VecNormalize RunningMeanStd (the EMA teacher's statistics follow its weights)."""
+    if old is None or new is None:
+        return new
+    averaged = copy.deepcopy(new)
+    averaged.mean = (1 - tau) * old.mean + tau * new.mean
+    averaged.var = (1 - tau) * old.var + tau * new.var
+    return averaged
