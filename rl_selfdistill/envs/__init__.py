@@ -4,7 +4,7 @@ from rl_selfdistill.envs.atari import AtariSettings
 from rl_selfdistill.envs.device import configure_torch_threads
 from rl_selfdistill.envs.envpool_vec import EnvPoolVecEnv
 from rl_selfdistill.envs.factory import make_vec_env
-from rl_selfdistill.envs.registry import BACKENDS, available_backends, resolve, resolve_backend
+from rl_selfdistill.envs.registry import BACKENDS, resolve, resolve_backend
 from rl_selfdistill.envs.suites import Suite, SuiteEnv, list_suites, load_suite, normalize_score
 
 __all__ = [
@@ -13,7 +13,6 @@ __all__ = [
     "EnvPoolVecEnv",
     "Suite",
     "SuiteEnv",
-    "available_backends",
     "configure_torch_threads",
     "list_suites",
     "load_suite",
