@@ -167,8 +167,11 @@ def test_unreachable_wandb_server_falls_back_to_offline_once(run_cli: Runner, tm
         "2",
         "--eval-freq",
         "0",
-        "--wandb-mode",
-        "online",
+        "--track",  # the RL Zoo's name for online W&B
+        "--wandb-project-name",
+        "zoo-project",
+        "-tags",
+        "zoo-tag",
         "--run-dir",
         "run",
         "--video",
@@ -182,6 +185,9 @@ def test_unreachable_wandb_server_falls_back_to_offline_once(run_cli: Runner, tm
     assert seconds < 30
     history = read_wandb_history(tmp_path / "run" / "wandb")
     assert any("rollout/ep_rew_mean" in row for row in history)
+    assert "zoo-tag" in read_wandb_run(tmp_path / "run" / "wandb")["tags"]
+    options = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["options"]
+    assert (options["wandb_mode"], options["wandb_project"]) == ("online", "zoo-project")
     # --video: one episode of the final model, as MP4 in the run directory and in the W&B run
     assert len(read_frames(tmp_path / "run" / "videos" / "final.mp4")) > 1
     assert any(row.get("eval/video/_type") == "video-file" for row in history)
@@ -211,6 +217,18 @@ def test_help_documents_every_option_with_its_default(run_cli: Runner):
         "--wandb-mode",
         "--tags",
         "--no-progress",
+        # RL Zoo names and options
+        "--wandb-project-name",
+        "-tags",
+        "--wandb-tags",
+        "-conf",
+        "--track",
+        "-P",
+        "--n-eval-envs",
+        "--env-kwargs",
+        "--gym-packages",
+        "--num-threads",
+        "--save-replay-buffer",
     ):
         assert f"{option} " in text or f"{option}," in text, option
     for default in ("(default: logs)", "(default: auto)", "(default: 10000)", "(default: 50000)", "(default: 5)"):
@@ -290,7 +308,6 @@ def test_bad_invocations_exit_2_with_one_line_and_touch_nothing(run_cli: Runner,
         failures = [failure for failure in pool.map(check, BAD_INVOCATIONS) if failure]
     assert not failures, "\n".join(failures)
     assert _tree_digest(tmp_path) == before
-    assert len(BAD_INVOCATIONS) >= 15
 
 
 def test_run_directories_are_numbered_and_never_reused(tmp_path: Path):
@@ -331,8 +348,63 @@ def _stderr_on_a_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> st
 def test_progress_bar_only_on_a_terminal_and_not_with_no_progress(cartpole_run, isolated_home: Path, tmp_path: Path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     args = ["train", "--algo", "ppo", "--env", "CartPole-v1", "-n", "256", "--n-envs", "2", "--eval-freq", "0", *TINY_PPO]
-    shown = _stderr_on_a_terminal([*args, "--run-dir", "a"], tmp_path, env)
+    shown = _stderr_on_a_terminal([*args, "--run-dir", "a", "-P"], tmp_path, env)
     assert re.search(r"256/256 .*step/s.*fps=\d+", shown), shown[-2000:]
     hidden = _stderr_on_a_terminal([*args, "--run-dir", "b", "--no-progress"], tmp_path, env)
     assert "step/s" not in hidden and "fps=" not in hidden
     assert "step/s" not in cartpole_run[1].stderr  # stderr captured by a pipe: no bar either
+
+
+def test_zoo_options_reach_the_run(run_cli: Runner, tmp_path: Path):
+    """--gym-packages (a custom env id), -conf, --env-kwargs, --n-eval-envs and --num-threads through the real CLI."""
+    (tmp_path / "preset.yaml").write_text("default:\n  n_envs: 2\n  n_steps: 64\n  batch_size: 64\n  n_epochs: 1\n")
+    result = run_cli(
+        "train",
+        "--algo",
+        "ppo",
+        "--env",
+        "PluginCartPole-v0",
+        "--gym-packages",
+        "tiny_env",
+        "--vec-env",
+        "dummy",  # subproc workers start fresh and would not have imported tiny_env (see docs/training.md)
+        "-conf",
+        "preset.yaml",
+        "--env-kwargs",
+        "sutton_barto_reward:true",
+        "--n-eval-envs",
+        "2",
+        "--num-threads",
+        "1",
+        "-n",
+        "256",
+        "--eval-freq",
+        "128",
+        "--eval-episodes",
+        "2",
+        "--wandb-mode",
+        "disabled",
+        "--run-dir",
+        "run",
+        env={"PYTHONPATH": str(Path(__file__).with_name("plugins"))},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["env_id"] == "PluginCartPole-v0" and config["hyperparams"]["n_steps"] == 64  # from -conf
+    assert config["hyperparams"]["env_kwargs"] == {"sutton_barto_reward": True}
+    assert config["options"]["n_eval_envs"] == 2 and config["options"]["num_threads"] == 1
+    assert config["options"]["gym_packages"] == ["tiny_env"]
+    # Sutton and Barto's reward is 0 per step and -1 at the end: the kwarg reached the env (the default pays +1 a step).
+    rows = (tmp_path / "run" / "eval.csv").read_text().splitlines()[1:]
+    assert len(rows) == 2 and all(float(row.split(",")[1]) <= 0 for row in rows)
+
+
+def test_save_replay_buffer_is_recorded(run_cli: Runner, tmp_path: Path):
+    args = ["train", "--algo", "dqn", "--env", "CartPole-v1", "-n", "300", "--save-freq", "200", "--eval-freq", "0"]
+    args += ["--wandb-mode", "disabled", "-params", "learning_starts:100", "buffer_size:1000"]
+    for run_dir, flag in (("with", ["--save-replay-buffer"]), ("without", [])):
+        result = run_cli(*args, *flag, "--run-dir", run_dir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        [checkpoint] = list_checkpoints(tmp_path / run_dir)
+        assert (checkpoint / "replay_buffer.pkl").exists() == bool(flag)
+        assert yaml.safe_load((tmp_path / run_dir / "config.yaml").read_text())["options"]["save_replay_buffer"] == bool(flag)

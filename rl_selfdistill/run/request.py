@@ -121,11 +121,10 @@ def resolve_config(request: TrainRequest) -> dict[str, Any]:
     cfg.validate_hyperparams(request.algo, request.hyperparams, what="-params")  # fails fast, before any env lookup
     if request.run_dir is not None:
         rundir.refuse_existing_run_dir(Path(request.run_dir))
-    hyperparams = cfg.resolve_hyperparams(request.algo, request.env_id, request.hyperparams, conf_file=request.conf_file)
-    if request.n_timesteps is not None:
-        hyperparams["n_timesteps"] = request.n_timesteps
-    if request.n_envs is not None:
-        hyperparams["n_envs"] = request.n_envs
+    # -n and --n-envs are overrides like -params (an env the preset does not list needs -n to have a budget at all).
+    budget = {"n_timesteps": request.n_timesteps, "n_envs": request.n_envs}
+    overrides = {**request.hyperparams, **{key: value for key, value in budget.items() if value is not None}}
+    hyperparams = cfg.resolve_hyperparams(request.algo, request.env_id, overrides, conf_file=request.conf_file)
     if request.env_kwargs:
         merged = {**(hyperparams.get("env_kwargs") or {}), **request.env_kwargs}
         hyperparams.update(cfg.validate_hyperparams(request.algo, {"env_kwargs": merged}, what="--env-kwargs"))
