@@ -1,10 +1,10 @@
 """The study: file-backed storage, resume after a kill, and worker processes sharing it.
 
-Storage: an Optuna journal file, STUDY_DIR/study.journal. Every change is one appended line under
-a file lock, so several processes can share it without a database server, and a process killed in
-the middle of a write leaves at most a torn last line, which Optuna skips. SQLite, the other
-file-backed option, serialises writers on one database lock and answers "database is locked"
-under contention.
+Storage: an Optuna journal file, STUDY_DIR/study.journal. Every change is one line appended with
+one write and an fsync under a file lock, so several processes can share it without a database
+server, and a process killed between two changes leaves a file that replays to the state before
+the kill. SQLite, the other file-backed option, serialises writers on one database lock and
+answers "database is locked" under contention.
 
 Intended number of trials: `--n-trials N` counts *finished* trials, COMPLETE plus PRUNED. FAILED
 trials (a crash, or a worker killed mid-trial) do not count: a study ends with N finished trials.
@@ -68,7 +68,7 @@ class TuneSettings:
         plan = self.plan
         return {
             "algo": plan.algo,
-            "envs": [vars(env) for env in plan.envs],
+            "envs": [env.describe() for env in plan.envs],
             "seeds": list(plan.seeds),
             "eval_freq": plan.eval_freq,
             "eval_episodes": plan.eval_episodes,

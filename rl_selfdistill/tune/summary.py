@@ -97,7 +97,7 @@ def summary_data(study: Any, settings: Any) -> dict[str, Any]:
 
 def objective_description(settings: Any) -> str:
     plan = settings.plan
-    normalised = any(env.random_score is not None for env in plan.envs)
+    normalised = any(env.suite_env is not None for env in plan.envs)
     envs = ", ".join(f"{env.env_id} ({env.n_timesteps} steps)" for env in plan.envs)
     score = "suite-normalised score" if normalised else "score"
     return (

@@ -9,8 +9,8 @@ trial and the pruner compares like with like. A pruned run stops at once; its ru
 
 Score of a run: the report's score (`benchmark.aggregate.final_window_score`: the mean evaluation
 return over the final 10% of the budget). Objective of a trial: the mean over envs and seeds of
-the run scores, each normalised with its suite's random and reference scores when the study
-normalises (several envs, or --suite).
+the run scores, each normalised like the report normalises it (`envs.normalize_score`: 0 at the
+suite's floor, 1 at its reference score) when the study normalises (several envs, or --suite).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rl_selfdistill.envs.suites import SuiteEnv, normalize_score
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.run import rundir
 
@@ -34,17 +35,21 @@ RETRY_ATTR = "retry_of"
 
 @dataclass(frozen=True)
 class EnvTarget:
-    """One env of a study: its budget and how its scores are normalised (identity when not normalising)."""
+    """One env of a study: its budget and, when the study normalises, the suite entry that normalises its scores."""
 
     env_id: str
     n_timesteps: int
-    random_score: float | None = None
-    reference_score: float | None = None
+    suite_env: SuiteEnv | None = None
 
     def normalise(self, score: float) -> float:
-        if self.random_score is None or self.reference_score is None:
-            return float(score)
-        return (float(score) - self.random_score) / (self.reference_score - self.random_score)
+        return float(score) if self.suite_env is None else normalize_score(self.suite_env, score)
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON a study records (and compares on resume)."""
+        entry: dict[str, Any] = {"env_id": self.env_id, "n_timesteps": self.n_timesteps}
+        if self.suite_env is not None:
+            entry.update(floor_score=self.suite_env.floor_score, reference_score=self.suite_env.reference_score)
+        return entry
 
 
 @dataclass(frozen=True)
