@@ -193,7 +193,7 @@ def env_targets(suite: str | None, env_ids: list[str] | None, n_timesteps: int |
         reference = references.get(budget.env_id)
         if reference is None:
             raise UsageError(f"{budget.env_id} is in no suite, so its score cannot be normalised; tune it on its own")
-        targets.append(EnvTarget(budget.env_id, budget.n_timesteps, reference.random_score, reference.reference_score))
+        targets.append(EnvTarget(budget.env_id, budget.n_timesteps, reference))
     return targets
 
 
