@@ -63,17 +63,17 @@ def lockstep(steps_per_level, n_steps, seed=0):
         action = int(rng.integers(2))
         obs_w, _, term, trunc, info = wrapped.step(action)
         obs_p, *_ = plain.step(action)
-        records.append((info["continual_level"], obs_w, obs_p, False, wrapped.total_steps))
+        records.append((info["continual_level"], obs_w, obs_p, False, wrapped.level_steps))
         if term or trunc:
             obs_w, _ = wrapped.reset()
             obs_p, _ = plain.reset()
-            records.append((wrapped.level, obs_w, obs_p, True, wrapped.total_steps))
+            records.append((wrapped.level, obs_w, obs_p, True, wrapped.level_steps))
     return records, wrapped
 
 
 def test_levels_follow_the_envs_own_step_count_and_switch_only_at_episode_starts():
     records, wrapped = lockstep(steps_per_level=30, n_steps=400)
-    assert wrapped.total_steps == 400
+    assert wrapped.level_steps == 400
     levels = [record[0] for record in records]
     assert levels[0] == 0 and max(levels) >= 10 and levels == sorted(levels)
     # Every observation is level k's transform of the plain env's observation (same seed, same actions)
@@ -122,7 +122,7 @@ def test_each_env_of_a_vec_env_counts_its_own_steps(backend):
         rng = np.random.default_rng(0)
         for _ in range(300):
             venv.step(rng.integers(0, 2, size=2))
-        steps = venv.get_attr("total_steps")
+        steps = venv.get_attr("level_steps")
         levels = venv.get_attr("level")
     finally:
         venv.close()
@@ -199,3 +199,36 @@ def test_suite_budgets_are_whole_numbers_of_levels_of_the_presets():
         assert env.reference_score > env.floor_score and "measured here, 100 episodes" in env.source
         for key in ("learning_rate", "clip_range"):  # constant: a decay to 0 would freeze the late levels
             assert not isinstance(preset.get(key, 0.0), str)
+
+
+def test_a_training_run_evaluates_on_the_level_it_is_learning_and_resumes_the_schedule(tmp_path):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+
+    from rl_selfdistill.envs.continual import ContinualLevelCallback
+
+    kwargs = {"steps_per_level": 40}
+    train = make_vec_env("Continual-CartPole-v0", n_envs=2, backend="dummy", seed=0, env_kwargs=kwargs)
+    evaluation = make_vec_env("Continual-CartPole-v0", n_envs=1, backend="dummy", seed=100, env_kwargs=kwargs)
+    seen = []
+
+    class Record(BaseCallback):
+        def _on_step(self):
+            seen.append((self.parent.eval_env.get_attr("level")[0], max(train.get_attr("level"))))
+            return True
+
+    evaluate = EvalCallback(evaluation, eval_freq=64, n_eval_episodes=1, callback_after_eval=Record(), verbose=0)
+    model = PPO("MlpPolicy", train, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(1024, callback=[ContinualLevelCallback(evaluation), evaluate])
+    assert len(seen) == 8 and seen[-1][1] >= 8
+    # Each evaluation ran on the training level of its rollout's start: never behind by more than one switch
+    assert all(0 <= train_level - eval_level <= 1 for eval_level, train_level in seen)
+    assert seen[-1][0] >= 7
+
+    model.save(tmp_path / "model.zip")
+    fresh = make_vec_env("Continual-CartPole-v0", n_envs=2, backend="dummy", seed=1, env_kwargs=kwargs)
+    resumed = PPO.load(tmp_path / "model.zip", env=fresh, device="cpu")
+    resumed.learn(64, callback=ContinualLevelCallback(evaluation), reset_num_timesteps=False)
+    assert fresh.get_attr("level_steps") == [512 + 32, 512 + 32]  # 1024 / 2 before, then 64 / 2 more
+    for venv in (train, evaluation, fresh):
+        venv.close()

@@ -23,12 +23,13 @@ Level schedule (a pure function of the env's own step count and of `schedule_see
   per level (a change of dynamics from the agent's point of view).
 - Episodes, rewards and time limits are the base task's; only what the agent sees (and its action labels) changes.
 
-Evaluation: the eval env follows the training env's current level (`sync_levels(training_env, eval_env)` before
-each evaluation pins it), so an evaluation measures the agent on the task it is learning now. The score of a
+Evaluation: the eval env follows the training env's current level (`ContinualLevelCallback(eval_env)`, an SB3 callback,
+pins it with `sync_levels` at each rollout start), so an evaluation measures the agent on the task it is learning
+now. The same callback restores the step counts of a resumed run. The score of a
 continual run is the mean of all its evaluations over the whole run (every level weighs the same since levels
 are equally long and evaluations equally spaced): the mean return over the whole sequence, as in C-CHAIN.
-A final-window score would only see the last level. Without `sync_levels` an eval env counts its own (few)
-steps and stays on early levels, which is why the training code must call it.
+A final-window score would only see the last level. Without the callback an eval env counts its own (few)
+steps and stays on early levels, which is why the training code must add it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
 
 from rl_selfdistill.errors import UsageError
 
@@ -106,7 +108,8 @@ class ContinualWrapper(gym.Wrapper):
         self.schedule_seed = schedule_seed
         self.offset_std = offset_std
         self.permute_actions = permute_actions
-        self.total_steps = 0
+        # Steps of this env over its whole life (not Monitor's total_steps, which a resume cannot restore)
+        self.level_steps = 0
         self.pinned_level: int | None = None
         n_actions = int(env.action_space.n) if isinstance(env.action_space, gym.spaces.Discrete) else None
         self._obs_dim, self._n_actions = space.shape[0], n_actions
@@ -129,13 +132,19 @@ class ContinualWrapper(gym.Wrapper):
 
     def scheduled_level(self) -> int:
         """The level the next episode will get from this env's own step count."""
-        return self.total_steps // self.steps_per_level
+        return self.level_steps // self.steps_per_level
 
     def set_level(self, level: int | None) -> None:
         """Pin the level of the following episodes (an eval env following training); None unpins it."""
         if level is not None and (not isinstance(level, int | np.integer) or level < 0):
             raise UsageError(f"level must be a non-negative integer or None, got {level!r}")
         self.pinned_level = None if level is None else int(level)
+
+    def set_level_steps(self, steps: int) -> None:
+        """Restore this env's step count (a resumed run: the schedule continues from there)."""
+        if not isinstance(steps, int | np.integer) or steps < 0:
+            raise UsageError(f"steps must be a non-negative integer, got {steps!r}")
+        self.level_steps = int(steps)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         level = self.pinned_level if self.pinned_level is not None else self.scheduled_level()
@@ -147,7 +156,7 @@ class ContinualWrapper(gym.Wrapper):
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(self._transform.action(action))
-        self.total_steps += 1
+        self.level_steps += 1
         info["continual_level"] = self._transform.level
         return self._transform.observation(obs), reward, terminated, truncated, info
 
@@ -230,3 +239,30 @@ def is_continual_vec_env(venv: Any) -> bool:
         return bool(venv.get_attr("steps_per_level"))
     except AttributeError:
         return False
+
+
+class ContinualLevelCallback(BaseCallback):
+    """The SB3 callback a training run with continual envs needs (put it before its EvalCallback).
+
+    - At the start of each rollout it pins `eval_env` to the training level (`sync_levels`), so evaluations
+      measure the level being learnt (at most one rollout behind a switch).
+    - At training start on a resumed model (num_timesteps > 0, fresh envs), it restores each env's step count
+      to num_timesteps / n_envs, so the schedule continues where it stopped instead of restarting at level 0;
+      the first episode after resuming still runs on the level of its reset.
+    """
+
+    def __init__(self, eval_env: Any) -> None:
+        super().__init__()
+        self.eval_env = eval_env
+
+    def _on_training_start(self) -> None:
+        steps = self.model.num_timesteps // self.training_env.num_envs
+        if steps and not any(self.training_env.get_attr("level_steps")):
+            self.training_env.env_method("set_level_steps", steps)
+        sync_levels(self.training_env, self.eval_env)
+
+    def _on_rollout_start(self) -> None:
+        sync_levels(self.training_env, self.eval_env)
+
+    def _on_step(self) -> bool:
+        return True
