@@ -27,7 +27,7 @@ class SelfDistillDQN(SelfDistillMixin, DQN):
     (``train()`` is then DQN's own).
     """
 
-    supported_teacher_modes = ("snapshot", "ema", "ensemble", "target")
+    supported_teacher_modes = (*SelfDistillMixin.supported_teacher_modes, "target")
 
     def _setup_model(self) -> None:
         super()._setup_model()

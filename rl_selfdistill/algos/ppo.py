@@ -84,6 +84,8 @@ class SelfDistillPPO(SelfDistillMixin, PPO):
         return complete
 
     def _flat_rollout_observations(self, buffer: RolloutBuffer | DictRolloutBuffer) -> np.ndarray | dict[str, np.ndarray]:
+        if buffer.generator_ready:  # get() has already flattened them in place
+            return buffer.observations
         if isinstance(buffer.observations, dict):
             return {key: buffer.swap_and_flatten(value) for key, value in buffer.observations.items()}
         return buffer.swap_and_flatten(buffer.observations)

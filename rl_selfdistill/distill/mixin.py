@@ -43,7 +43,7 @@ class SelfDistillMixin:
     """Mixed in before an SB3 algorithm class: ``class SelfDistillPPO(SelfDistillMixin, PPO)``."""
 
     #: Teacher modes this algorithm can use; a subclass narrows or extends it.
-    supported_teacher_modes: ClassVar[tuple[str, ...]] = ("snapshot", "ema", "ensemble")
+    supported_teacher_modes: ClassVar[tuple[str, ...]] = ("snapshot", "ema", "ensemble", "lagged", "reset")
 
     distiller: Distiller
     teacher_networks: nn.ModuleList
