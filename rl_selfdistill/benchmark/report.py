@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from rl_selfdistill.benchmark import aggregate, paired, plots
 from rl_selfdistill.benchmark.aggregate import METRIC_NAMES, SCORE_FRACTION, Reference, RunResult, ScoreMatrices
 from rl_selfdistill.benchmark.grid import Manifest, load_manifest
 from rl_selfdistill.errors import UsageError
+from rl_selfdistill.run.rundir import PROGRAM, format_command
 
 SCORE_DEFINITION = (
     f"Score of a run: mean of the evaluation returns (`mean_reward` in `eval.csv`) logged in the final "
@@ -203,7 +203,7 @@ def write_report(
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(analysis, report_dir / "figures", reps)
-    command = command or shlex.join(["rl-selfdistill", "report", *map(str, folders)])
+    command = command or format_command([PROGRAM, "report", *folders])
     summary = build_summary(analysis, figures, report_dir, command)
     summary_path = report_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
