@@ -127,7 +127,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def make_logger(run_dir: Path, wandb_run: Any | None, *, stdout: bool, resume: bool) -> Logger:
-    """SB3 logger writing progress.csv, TensorBoard events (run_dir/tb), optionally stdout, and W&B."""
+    """SB3 logger writing progress.csv, TensorBoard events (run_dir/tb, when tensorboard is installed), optionally
+    stdout, and W&B (when a run is given)."""
     csv_path = run_dir / "progress.csv"
     csv_format = AppendingCSVOutputFormat(str(csv_path)) if resume else CSVOutputFormat(str(csv_path))
     formats: list[KVWriter] = [csv_format]
