@@ -1,6 +1,7 @@
-"""Environments: vectorized Atari, MuJoCo and classic control on SB3 or EnvPool backends, and benchmark suites."""
+"""Environments: vectorized Atari, MinAtar, MuJoCo, classic and continual control on SB3 or EnvPool backends; suites."""
 
 from rl_selfdistill.envs.atari import AtariSettings
+from rl_selfdistill.envs.continual import ContinualLevelCallback, ContinualWrapper, sync_levels
 from rl_selfdistill.envs.device import configure_torch_threads
 from rl_selfdistill.envs.envpool_vec import EnvPoolVecEnv
 from rl_selfdistill.envs.factory import make_vec_env
@@ -10,6 +11,8 @@ from rl_selfdistill.envs.suites import Suite, SuiteEnv, list_suites, load_suite,
 __all__ = [
     "BACKENDS",
     "AtariSettings",
+    "ContinualLevelCallback",
+    "ContinualWrapper",
     "EnvPoolVecEnv",
     "Suite",
     "SuiteEnv",
@@ -20,4 +23,5 @@ __all__ = [
     "normalize_score",
     "resolve",
     "resolve_backend",
+    "sync_levels",
 ]
