@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -282,6 +283,11 @@ BAD_INVOCATIONS = [
     (["train", "--resume", "corrupt"], "is not valid YAML"),
     (["train", "--resume", "notarun"], "cannot read run config"),
     (["train", "--resume", "logs/ppo/CartPole-v1_1", "--algo", "ppo"], "drop --algo"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "--env-kwargs", "gravity=9"], "--env-kwargs expects KEY:VALUE"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "--gym-packages", "no_such_module"], "cannot import 'no_such_module'"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "--num-threads", "0"], "--num-threads must be an integer >= 1"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "--n-eval-envs", "0"], "--n-eval-envs must be an integer >= 1"),
+    (["train", "--algo", "ppo", "--env", "CartPole-v1", "--track", "--wandb-mode", "offline"], "not allowed with"),
     (["evaluate", "nowhere"], "does not exist"),
     (["evaluate", "logs/ppo/CartPole-v1_1", "--episodes", "0"], "--episodes must be >= 1"),
 ]
@@ -408,3 +414,12 @@ def test_save_replay_buffer_is_recorded(run_cli: Runner, tmp_path: Path):
         [checkpoint] = list_checkpoints(tmp_path / run_dir)
         assert (checkpoint / "replay_buffer.pkl").exists() == bool(flag)
         assert yaml.safe_load((tmp_path / run_dir / "config.yaml").read_text())["options"]["save_replay_buffer"] == bool(flag)
+
+
+def test_python_m_rl_selfdistill_is_the_cli(tmp_path: Path):
+    module = [sys.executable, "-m", "rl_selfdistill"]
+    result = subprocess.run([*module, "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0
+    assert all(command in result.stdout for command in ("train", "evaluate", "benchmark", "report", "throughput"))
+    bad = subprocess.run([*module, "train", "--algo"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

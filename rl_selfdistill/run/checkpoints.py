@@ -1,11 +1,11 @@
 """Checkpoints: written atomically (temp folder, fsync, rename), listed, pruned and loaded with every RNG state.
 
-    checkpoints/ckpt_<step, 12 digits>/
-      model.zip          model incl. teacher, optimizer and coefficient state
-      vecnormalize.pkl   VecNormalize statistics (when the preset normalises)
-      replay_buffer.pkl  off-policy replay buffer, only with --save-replay-buffer
-      rng.pkl            python, numpy, torch (CPU and CUDA) and action-space RNG states
-      meta.json          step, W&B run id, and every file's size (a checkpoint is complete when they match)
+checkpoints/ckpt_<step, 12 digits>/
+  model.zip          model incl. teacher, optimizer and coefficient state
+  vecnormalize.pkl   VecNormalize statistics (when the preset normalises)
+  replay_buffer.pkl  off-policy replay buffer, only with --save-replay-buffer
+  rng.pkl            python, numpy, torch (CPU and CUDA) and action-space RNG states
+  meta.json          step, W&B run id, and every file's size (a checkpoint is complete when they match)
 """
 
 from __future__ import annotations

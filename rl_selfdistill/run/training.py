@@ -1,9 +1,9 @@
 """One training run from start to finish: `run_training`, `resume_training` and the `TrainingRun` they drive.
 
-    with prepare_run(request) as run:      # run directory written, W&B and the SB3 logger started
-        run.train()                        # learn to the budget, save model.zip, status "finished"
-        ...                                # the caller may still use run.model (e.g. record a video)
-                                           # leaving the block closes the logger and the W&B run
+with prepare_run(request) as run:      # run directory written, W&B and the SB3 logger started
+    run.train()                        # learn to the budget, save model.zip, status "finished"
+    ...                                # the caller may still use run.model (e.g. record a video)
+                                       # leaving the block closes the logger and the W&B run
 """
 
 from __future__ import annotations
