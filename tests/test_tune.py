@@ -25,7 +25,7 @@ from rl_selfdistill.tune.seeds import TUNING_SEED_START, check_reporting_seeds  
 from rl_selfdistill.tune.study import storage  # noqa: E402
 from tests.helpers import cli_command  # noqa: E402
 
-TINY = ["--envs", "CartPole-v1", "--seeds", "1", "-n", "1024", "--eval-freq", "256", "--eval-episodes", "2"]
+TINY = ["--envs", "CartPole-v1", "--seeds", "1", "-n", "512", "--eval-freq", "128", "--eval-episodes", "2"]
 TINY += ["--wandb-mode", "disabled", "--n-startup-trials", "1", "--sampler-seed", "0"]
 RUN = f"CartPole-v1/seed{TUNING_SEED_START}"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -66,7 +66,7 @@ def test_killed_study_resumes_to_the_intended_number_of_finished_trials(tmp_path
     study_dir = tmp_path / "study"
     space = tmp_path / "space.yaml"  # teachers refreshed within the tiny budget, so trials differ and can be pruned
     space.write_text(SMALL_SPACE)
-    args = tune_args(study_dir, "--n-trials", "3", "--pruner", "median", "--space", str(space))
+    args = tune_args(study_dir, "--n-trials", "2", "--pruner", "median", "--space", str(space))
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [*cli_command(), *args], env=environment, text=True, stderr=subprocess.PIPE, start_new_session=True
@@ -84,7 +84,7 @@ def test_killed_study_resumes_to_the_intended_number_of_finished_trials(tmp_path
 
     trials = load(study_dir).trials
     assert trials[0].state == optuna.trial.TrialState.FAIL
-    assert [trial.state in FINISHED for trial in trials[1:]] == [True, True, True]
+    assert [trial.state in FINISHED for trial in trials[1:]] == [True, True]
     retry = trials[1]
     assert retry.user_attrs["retry_of"] == 0 and retry.params == trials[0].params
     assert json.loads((study_dir / "trials" / "trial_0000" / "trial.json").read_text())["status"] == "failed"
@@ -93,15 +93,15 @@ def test_killed_study_resumes_to_the_intended_number_of_finished_trials(tmp_path
         expected = "finished" if trial.state == optuna.trial.TrialState.COMPLETE else "pruned"
         assert run_status(study_dir, trial.number) == expected
     summary = json.loads((study_dir / "summary.json").read_text())
-    assert summary["finished"] == 3 and summary["counts"]["FAIL"] == 1
+    assert summary["finished"] == 2 and summary["counts"]["FAIL"] == 1
     assert summary["best_commands"][0].startswith(
-        f"rl-selfdistill train --algo sd_ppo --env CartPole-v1 -n 1024 --seed {TUNING_SEED_START}"
+        f"rl-selfdistill train --algo sd_ppo --env CartPole-v1 -n 512 --seed {TUNING_SEED_START}"
     )
     assert (study_dir / "objective.png").stat().st_size > 0
     assert "## Best trials" in (study_dir / "summary.md").read_text()
 
     assert main(args) == 0  # a finished study: nothing more runs
-    assert len(load(study_dir).trials) == 4
+    assert len(load(study_dir).trials) == 3
     (study_dir / "summary.md").unlink()
     assert main([*args, "--summary"]) == 0 and (study_dir / "summary.md").exists()
 
@@ -140,7 +140,7 @@ def test_a_pruned_trial_stops_its_run_and_marks_it(tmp_path, isolated_home):
     trial = studies.claim_trial(study, settings)
     assert studies.execute(study, trial, settings) == "PRUNED"
     state = json.loads((study_dir / "trials" / "trial_0000" / RUN / "run.json").read_text())
-    assert state["status"] == "pruned" and 256 <= state["num_timesteps_done"] < 1024
+    assert state["status"] == "pruned" and 128 <= state["num_timesteps_done"] < 512
     assert not (study_dir / "trials" / "trial_0000" / RUN / "model.zip").exists()
     assert load(study_dir).trials[0].state == optuna.trial.TrialState.PRUNED
     assert studies.claim_trial(study, settings) is None  # the one intended trial has finished
