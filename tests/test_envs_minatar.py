@@ -156,3 +156,22 @@ def test_minatar_suite_is_cited_and_its_budget_is_the_presets():
         assert "measured here, 100 episodes" in env.source and env.do_nothing_score is not None
         for algo in ("ppo", "dqn"):
             assert load_preset(algo, env.env_id)["n_timesteps"] == env.n_timesteps
+
+
+@pytest.mark.slow
+def test_the_ppo_preset_learns_breakout_well_above_its_floor():
+    # About 30 s of one core: the preset's 1M-step budget is for the benchmark; 100k already shows learning
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    hyperparams = load_preset("ppo", "MinAtar/Breakout-v1")
+    venv = make_vec_env("MinAtar/Breakout-v1", n_envs=hyperparams["n_envs"], backend="dummy", seed=1)
+    evaluation = make_vec_env("MinAtar/Breakout-v1", n_envs=1, backend="dummy", seed=10_001)
+    try:
+        model = PPO(hyperparams["policy"], venv, seed=1, device="cpu", **model_kwargs(hyperparams))
+        model.learn(100_000)
+        mean, _ = evaluate_policy(model, evaluation, n_eval_episodes=20, deterministic=True)
+    finally:
+        venv.close()
+        evaluation.close()
+    assert mean >= 4 * load_suite("minatar5").get("MinAtar/Breakout-v1").floor_score  # >= 2.0; random 0.36
