@@ -145,8 +145,9 @@ def test_ensemble_keeps_last_k_snapshots_and_averages_kls():
     assert len(model.teacher_networks) == 2
     assert th.equal(flat_params(model.teacher_networks[0]), snapshots[-2])
     assert th.equal(flat_params(model.teacher_networks[1]), snapshots[-1])
-    teacher_params = th.randn(2, 10, 2)
-    student_params = th.randn(10, 2)
+    # Categorical parameters are normalised log-probabilities (torch's Categorical.logits), as params() returns them.
+    teacher_params = th.randn(2, 10, 2).log_softmax(-1)
+    student_params = th.randn(10, 2).log_softmax(-1)
     expected = (
         model.policy_kl.per_sample(teacher_params[0], student_params).mean()
         + model.policy_kl.per_sample(teacher_params[1], student_params).mean()

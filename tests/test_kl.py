@@ -146,3 +146,25 @@ def test_bernoulli_is_stable_for_extreme_logits(generator):
     result = bernoulli_kl(teacher.float(), student.float())
     assert th.isfinite(result).all()
     th.testing.assert_close(result.double(), bernoulli_kl(teacher, student), rtol=1e-4, atol=1e-3)
+
+
+def test_fused_categorical_batch_mean_equals_the_general_kl():
+    from stable_baselines3.common.distributions import CategoricalDistribution
+
+    from rl_selfdistill.distill.config import DistillConfig
+    from rl_selfdistill.distill.policy_kl import PolicyKL
+
+    generator = th.Generator().manual_seed(0)
+    teacher = th.randn(64, 6, generator=generator).log_softmax(-1)
+    raw_student = (3 * th.randn(64, 6, generator=generator)).requires_grad_(True)
+    student = raw_student.log_softmax(-1)  # what Categorical.logits holds, as a function of the network's output
+    fused = PolicyKL(CategoricalDistribution, temperature=1.0, direction="forward")
+    general = PolicyKL(CategoricalDistribution, temperature=1.0 + 1e-12, direction="forward")  # takes the general path
+    assert fused._fused_categorical and not general._fused_categorical
+    value = fused.batch_mean(teacher, student)
+    th.testing.assert_close(value, categorical_kl(teacher, student).mean())
+    # Gradients agree with respect to the network's outputs (the normalisation's Jacobian projects the difference out).
+    (grad_fused,) = th.autograd.grad(value, raw_student, retain_graph=True)
+    (grad_general,) = th.autograd.grad(categorical_kl(teacher, student).mean(), raw_student)
+    th.testing.assert_close(grad_fused, grad_general)
+    assert DistillConfig().distill_temperature == 1.0  # the default takes the fused path

@@ -83,9 +83,9 @@ class SelfDistillDQN(SelfDistillMixin, DQN):
             loss = F.smooth_l1_loss(current_q_values, target_q_values)
             losses.append(loss.item())
 
-            teachers = self._teachers()
+            teachers = self._teachers() if phase.distilling else []
             if teachers:
-                phase.record_rl_loss(loss.detach())
+                phase.record_rl_loss(losses[-1])
                 if phase.observations is None:
                     phase.observations = replay_data.observations  # the diagnostics' reference states
                 distill_loss = self._distill_term(phase, teachers, replay_data.observations, all_q_values, batch_size)

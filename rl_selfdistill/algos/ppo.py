@@ -157,7 +157,7 @@ class SelfDistillPPO(SelfDistillMixin, PPO):
     def _teacher_rows(self, phase: PhaseRecord, indices: np.ndarray) -> tuple[th.Tensor, th.Tensor | None]:
         if self._rollout_teacher is not None:
             params, values = self._rollout_teacher
-            rows = th.as_tensor(indices, device=params.device)
+            rows = th.from_numpy(indices).to(params.device)
             return params[:, rows], (values[:, rows] if values is not None else None)
         with th.no_grad():
             outputs = [
@@ -233,11 +233,12 @@ class SelfDistillPPO(SelfDistillMixin, PPO):
 
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
 
-                if self.distiller.teacher.is_ready:
+                if phase.distilling and self.distiller.teacher.is_ready:
                     # The relative weight compares with |L_PG|, as CHAIN does.
-                    phase.record_rl_loss(policy_loss.detach().abs())
+                    phase.record_rl_loss(abs(pg_losses[-1]))
                     distill_loss = self._distill_term(phase, buffer.last_batch_indices, values)
-                    loss = loss + phase.coef * distill_loss
+                    # loss + coef * term as one op: on a small network the per-op overhead is most of the cost.
+                    loss = th.add(loss, distill_loss, alpha=phase.coef)
 
                 # Approximate reverse KL to the behaviour policy for early stopping (SB3 issue #417).
                 with th.no_grad():

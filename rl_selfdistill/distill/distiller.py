@@ -26,6 +26,9 @@ class PhaseRecord:
     """
 
     coef: float
+    # False when the weight is 0 and nothing needs the loss's value (the relative weight's running means do):
+    # the term is then not computed at all, e.g. after a reset's weight has annealed to 0.
+    distilling: bool = True
     value_coef: float = 0.0
     observations: Any = None  # what the phase trains on (PPO: the flat rollout), for separate batches and diagnostics
     raw_observations: np.ndarray | None = None
@@ -33,19 +36,22 @@ class PhaseRecord:
     kls: list[th.Tensor] = field(default_factory=list)
     value_losses: list[th.Tensor] = field(default_factory=list)
     distill_losses: list[th.Tensor] = field(default_factory=list)
-    rl_losses: list[th.Tensor] = field(default_factory=list)
+    rl_losses: list[float] = field(default_factory=list)  # |L_RL| of each step (already read by the algorithm)
 
     def record_distill(self, kl: th.Tensor, value_loss: th.Tensor | None = None) -> th.Tensor:
         """The unweighted distillation loss of one gradient step: KL (+ value_coef x value MSE)."""
-        loss = kl if value_loss is None else kl + self.value_coef * value_loss
-        self.kls.append(kl.detach())
-        if value_loss is not None:
-            self.value_losses.append(value_loss.detach())
+        detached_kl = kl.detach()
+        self.kls.append(detached_kl)
+        if value_loss is None:
+            self.distill_losses.append(detached_kl)
+            return kl
+        loss = kl + self.value_coef * value_loss
+        self.value_losses.append(value_loss.detach())
         self.distill_losses.append(loss.detach())
         return loss
 
-    def record_rl_loss(self, magnitude: th.Tensor) -> None:
-        self.rl_losses.append(magnitude)
+    def record_rl_loss(self, magnitude: float) -> None:
+        self.rl_losses.append(abs(magnitude))
 
     def separate_indices(self, size: int) -> np.ndarray:
         """Rows of an independent minibatch of the same size (with replacement, like a replay sample)."""
@@ -149,7 +155,7 @@ class Distiller:
                 logger.record(f"distill/coef_{name}", value)
         if not phase.kls:
             return
-        kls, distill_losses, rl_losses = _means(phase.kls), _means(phase.distill_losses), _means(phase.rl_losses)
+        kls, distill_losses, rl_losses = _means(phase.kls), _means(phase.distill_losses), phase.rl_losses
         self.gradient_steps_with_teacher += len(kls)
         self.distill_loss_window.extend(distill_losses)
         self.rl_loss_window.extend(rl_losses)

@@ -168,6 +168,7 @@ class SelfDistillMixin:
             n_rows = len(next(iter(observations.values()))) if isinstance(observations, dict) else len(observations)
         return PhaseRecord(
             coef=coef,
+            distilling=coef > 0 or self.distiller.config.distill_coef_mode == "relative",
             value_coef=self.distiller.config.distill_value_coef,
             observations=observations,
             raw_observations=raw_observations,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch as th
+import torch.nn.functional as F
 from stable_baselines3.common.distributions import (
     BernoulliDistribution,
     CategoricalDistribution,
@@ -79,7 +80,20 @@ class PolicyKL:
             return bernoulli_kl(teacher_params, student_params, self.temperature, self.direction)
         return categorical_kl(teacher_params, student_params, self.temperature, self.direction)
 
+    def batch_mean(self, teacher_params: th.Tensor, student_params: th.Tensor) -> th.Tensor:
+        """Batch-mean KL to one teacher member; the common categorical case in one fused op."""
+        if self._fused_categorical:
+            # torch's Categorical stores normalised log-probabilities as `logits` (teacher's and student's alike),
+            # so at T = 1 the forward KL is one kl_div over them: no log-softmax per minibatch.
+            return F.kl_div(student_params, teacher_params, reduction="batchmean", log_target=True)
+        return self.per_sample(teacher_params, student_params).mean()
+
     def mean_over_teachers(self, teacher_params: th.Tensor, student_params: th.Tensor) -> th.Tensor:
         """Batch-mean KL, averaged over the teacher members (``teacher_params`` is ``[members, batch, p]``)."""
-        kls = [self.per_sample(member, student_params).mean() for member in teacher_params]
-        return th.stack(kls).mean()
+        if len(teacher_params) == 1:  # the common case: no stack on the per-minibatch path
+            return self.batch_mean(teacher_params[0], student_params)
+        return th.stack([self.batch_mean(member, student_params) for member in teacher_params]).mean()
+
+    @property
+    def _fused_categorical(self) -> bool:
+        return self.distribution_type is CategoricalDistribution and self.temperature == 1.0 and self.direction == "forward"
