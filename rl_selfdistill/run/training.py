@@ -62,7 +62,11 @@ class TrainingRun:
 
     def __enter__(self) -> TrainingRun:
         self._start_tracking()
-        self.update_state(status="running")
+        try:
+            self.update_state(status="running")
+        except BaseException as error:  # the W&B run and the logger are open: close them before passing it on
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
