@@ -188,14 +188,18 @@ def test_bad_search_space_is_one_line_before_any_trial(name, tmp_path, capsys):
     assert not study_dir.exists()
 
 
-def test_bad_candidate_and_tuning_seeds_are_refused(tmp_path, capsys):
+def test_bad_options_are_refused_before_the_study_exists(tmp_path, capsys):
     candidates = tmp_path / "candidates.yaml"
     candidates.write_text("- {distill_coef: 5.0}\n")  # outside the built-in range 0.001..2
     assert main(tune_args(tmp_path / "a", "--enqueue", str(candidates))) == 2
     assert "lies outside" in one_error_line(capsys)
     assert main(tune_args(tmp_path / "b", "--first-seed", "0")) == 2
     assert "tuning range" in one_error_line(capsys)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert main(tune_args(tmp_path / "c", "--eval-freq", "400")) == 2  # one evaluation, at step 400 of 512
+    assert "final 10%" in one_error_line(capsys)
+    assert main(["tune", "--algo", "sd_dqn", "--envs", "Pendulum-v1", "-n", "1000", "-o", str(tmp_path / "d")]) == 2
+    assert "discrete action space" in one_error_line(capsys)
+    assert not any((tmp_path / name).exists() for name in "abcd")
 
 
 def test_benchmark_refuses_reporting_seeds_in_the_tuning_range(tmp_path, capsys):

@@ -108,7 +108,7 @@ def tune_settings(args: argparse.Namespace, space: Any) -> Any:
     """Everything checked before the study folder is touched: a bad option never costs a trial."""
     from rl_selfdistill.tune.seeds import tuning_seeds
     from rl_selfdistill.tune.study import TuneSettings
-    from rl_selfdistill.tune.trial import TrialPlan
+    from rl_selfdistill.tune.trial import TrialPlan, check_plan
 
     _check_positive({"--n-trials": args.n_trials, "--workers": args.workers, "--eval-episodes": args.eval_episodes})
     _check_positive({"--n-startup-trials": args.n_startup_trials + 1, "--save-freq": args.save_freq + 1})
@@ -130,6 +130,7 @@ def tune_settings(args: argparse.Namespace, space: Any) -> Any:
         train_options=_train_options(args),
         study_name=args.study_name or args.output.resolve().name,
     )
+    check_plan(plan, space.fixed)
     return TuneSettings(
         study_dir=args.output,
         plan=plan,

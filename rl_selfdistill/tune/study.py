@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import socket
 import sys
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -201,6 +200,7 @@ def recover_stale_trials(study: Any, study_dir: Path) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if worker_alive(trial.user_attrs.get(WORKER_ATTR)):
             continue
+        # The storage call optuna.storages.fail_stale_trials makes; that helper needs heartbeats, which journals lack.
         study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         update_trial_file(study_dir, trial.number, status="failed", reason="its worker process died; retried as a new trial")
         if trial.params:
@@ -324,7 +324,6 @@ def run_workers(settings: TuneSettings) -> int:
     processes = [context.Process(target=_worker_main, args=(settings, index)) for index in range(settings.workers)]
     for process in processes:
         process.start()
-        time.sleep(0.1)
     for process in processes:
         process.join()
-    return max(process.exitcode or 0 for process in processes)
+    return 0 if all(process.exitcode == 0 for process in processes) else 1

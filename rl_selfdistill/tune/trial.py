@@ -8,7 +8,8 @@ trial and the pruner compares like with like. A pruned run stops at once; its ru
 `"status": "pruned"`.
 
 Score of a run: the report's score (`benchmark.aggregate.final_window_score`: the mean evaluation
-return over the final 10% of the budget). Objective of a trial: the mean over envs and seeds of
+return over the final 10% of the budget; over every evaluation for a continual env, whose score is
+the mean over its whole level sequence). Objective of a trial: the mean over envs and seeds of
 the run scores, each normalised like the report normalises it (`envs.normalize_score`: 0 at the
 suite's floor, 1 at its reference score) when the study normalises (several envs, or --suite).
 """
@@ -99,6 +100,46 @@ def _param_text(value: Any) -> str:
         return json.dumps(value)
 
 
+def train_request(plan: TrialPlan, env: EnvTarget, seed: int, hyperparams: dict[str, Any], **fields: Any) -> Any:
+    """The TrainRequest of one run of a trial (quiet: no progress bar, no log table)."""
+    from rl_selfdistill.run import TrainRequest
+
+    return TrainRequest(
+        algo=plan.algo,
+        env_id=env.env_id,
+        n_timesteps=env.n_timesteps,
+        seed=seed,
+        hyperparams=dict(hyperparams),
+        eval_freq=plan.eval_freq,
+        eval_episodes=plan.eval_episodes,
+        wandb_group=plan.study_name,
+        progress=False,
+        verbose=0,
+        **plan.train_options,
+        **fields,
+    )
+
+
+def check_plan(plan: TrialPlan, fixed: dict[str, Any]) -> None:
+    """What every trial's runs would refuse (env id, budget, device, fixed keys, action space), refused now."""
+    from rl_selfdistill.benchmark.aggregate import score_fraction
+    from rl_selfdistill.benchmark.grid import incompatibility
+    from rl_selfdistill.run.request import resolve_config
+
+    for env in plan.envs:
+        config = resolve_config(train_request(plan, env, plan.seeds[0], fixed))
+        reason = incompatibility(plan.algo, env.env_id)
+        if reason:
+            raise UsageError(f"{reason}; tune it on other envs")
+        # The evaluation callback evaluates every eval_freq // n_envs vectorised steps.
+        every = max(plan.eval_freq // config["hyperparams"]["n_envs"], 1) * config["hyperparams"]["n_envs"]
+        if env.n_timesteps // every * every < (1.0 - score_fraction(env.env_id)) * env.n_timesteps:
+            raise UsageError(
+                f"--eval-freq {plan.eval_freq} leaves no evaluation in the final 10% of {env.env_id}'s "
+                f"{env.n_timesteps} steps, where a run is scored; use at most a tenth of the budget"
+            )
+
+
 def read_eval_means(run_dir: Path) -> list[float]:
     path = Path(run_dir) / rundir.EVAL_CSV
     if not path.exists():
@@ -107,12 +148,12 @@ def read_eval_means(run_dir: Path) -> list[float]:
     return [float(row[1]) for row in rows if len(row) >= 2]
 
 
-def run_score(run_dir: Path, n_timesteps: int) -> float | None:
+def run_score(run_dir: Path, env_id: str, n_timesteps: int) -> float | None:
     """The report's score of one run (None when no evaluation falls in its final window)."""
-    from rl_selfdistill.benchmark.aggregate import final_window_score, read_evals
+    from rl_selfdistill.benchmark.aggregate import final_window_score, read_evals, score_fraction
 
     evals = read_evals(Path(run_dir))
-    return None if evals is None else final_window_score(evals, n_timesteps)
+    return None if evals is None else final_window_score(evals, n_timesteps, score_fraction(env_id))
 
 
 class Reporter:
@@ -185,30 +226,17 @@ def run_trial(
     """
     import optuna
 
-    from rl_selfdistill.run import TrainRequest, run_training
+    from rl_selfdistill.run import run_training
 
     reporter = Reporter(trial)
+    tags = [plan.study_name, f"trial{trial.number}"]
     for env in plan.envs:
         for seed in plan.seeds:
             run_dir = run_dir_of(study_dir, trial.number, env.env_id, seed)
             record: dict[str, Any] = {"env_id": env.env_id, "seed": seed, "run_dir": str(run_dir.relative_to(study_dir))}
             records.append(record)
-            request = TrainRequest(
-                algo=plan.algo,
-                env_id=env.env_id,
-                n_timesteps=env.n_timesteps,
-                seed=seed,
-                hyperparams=dict(hyperparams),
-                run_dir=run_dir,
-                eval_freq=plan.eval_freq,
-                eval_episodes=plan.eval_episodes,
-                wandb_group=plan.study_name,
-                extra_tags=[plan.study_name, f"trial{trial.number}"],
-                progress=False,
-                verbose=0,
-                command=train_command(plan, env, seed, hyperparams, run_dir),
-                **plan.train_options,
-            )
+            command = train_command(plan, env, seed, hyperparams, run_dir)
+            request = train_request(plan, env, seed, hyperparams, run_dir=run_dir, command=command, extra_tags=tags)
             callback = pruning_callback(reporter, run_dir, plan.eval_freq, env.normalise)
             try:
                 run_training(request, callbacks=[callback])
@@ -216,9 +244,9 @@ def run_trial(
                 mark_pruned(run_dir, str(pruned), callback.stopped_at)
                 record["status"] = PRUNED
                 raise
-            score = run_score(run_dir, env.n_timesteps)
+            score = run_score(run_dir, env.env_id, env.n_timesteps)
             if score is None:
-                raise UsageError(f"run {run_dir} has no evaluation in its final 10%; lower --eval-freq below the budget")
+                raise RuntimeError(f"run {run_dir} has no evaluation in its final 10%")
             record.update(status="finished", score=score, normalised=env.normalise(score))
             # Evaluations after the callback's last look; a prune here stops the trial before its next run.
             reporter.report_new(run_dir, callback.seen, env.normalise)
