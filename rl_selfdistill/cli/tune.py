@@ -22,8 +22,6 @@ EXAMPLES = """examples:
   rl-selfdistill tune --algo sd_ppo --print-space > space.yaml          # edit, then pass --space space.yaml
   rl-selfdistill tune ... -o studies/cartpole --summary                 # rewrite summary.md only
 """
-# The options of the tune parser, for writing the canonical command back from parsed arguments.
-_PARSER_ACTIONS: list[argparse.Action] = []
 DEFAULT_EVALUATIONS = 20  # as the RL Zoo's --n-evaluations
 
 
@@ -71,7 +69,6 @@ def register(subparsers: Any) -> None:
     add_gym_packages(parser)
     parser.add_argument("-o", "--output", type=Path, metavar="STUDY_DIR", help="study folder (required unless --print-space)")
     parser.set_defaults(func=run_tune_command)
-    _PARSER_ACTIONS[:] = [action for action in parser._actions if action.option_strings]
 
 
 def run_tune_command(args: argparse.Namespace) -> int:
@@ -220,11 +217,33 @@ def canonical_command(args: argparse.Namespace) -> str:
     """The command line equivalent to `args` (recorded in study.json and the summary): rerun it to resume."""
     from rl_selfdistill.run.rundir import PROGRAM, format_command
 
-    defaults = {action.dest: action.default for action in _PARSER_ACTIONS}
-    options: dict[str, Any] = {}
-    for action in _PARSER_ACTIONS:
-        value = getattr(args, action.dest, None)
-        if action.dest in ("help", "summary", "print_space") or value == defaults[action.dest] and action.dest != "algo":
-            continue
-        options[action.option_strings[-1] if action.dest != "output" else "-o"] = value
+    envs = {"--suite": args.suite} if args.suite else {"--envs": args.envs}
+    options = {
+        "--algo": args.algo,
+        **envs,
+        "--seeds": args.seeds,
+        "--first-seed": args.first_seed if args.first_seed != TUNING_SEED_START else None,
+        "-n": args.n_timesteps,
+        "--n-trials": args.n_trials,
+        "--space": args.space,
+        "--tune-base": args.tune_base,
+        "--enqueue": args.enqueue,
+        "--pruner": args.pruner,
+        "--n-startup-trials": args.n_startup_trials,
+        "--n-warmup-evals": args.n_warmup_evals,
+        "--sampler-seed": args.sampler_seed,
+        "--workers": args.workers if args.workers > 1 else None,
+        "--eval-freq": args.eval_freq,
+        "--eval-episodes": args.eval_episodes,
+        "--save-freq": args.save_freq or None,
+        "--device": args.device if args.device != "auto" else None,
+        "--vec-env": args.vec_env if args.vec_env != "auto" else None,
+        "--n-envs": args.n_envs,
+        "--wandb-project": args.wandb_project,
+        "--wandb-entity": args.wandb_entity,
+        "--wandb-mode": args.wandb_mode,
+        "--study-name": args.study_name,
+        "--gym-packages": args.gym_packages,
+        "-o": args.output,
+    }
     return format_command([PROGRAM, "tune"], options)
