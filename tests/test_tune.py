@@ -27,7 +27,7 @@ from tests.helpers import cli_command  # noqa: E402
 
 TINY = ["--envs", "CartPole-v1", "--seeds", "1", "-n", "512", "--eval-freq", "128", "--eval-episodes", "2"]
 TINY += ["--wandb-mode", "disabled", "--n-startup-trials", "1", "--sampler-seed", "0"]
-RUN = f"CartPole-v1/seed{TUNING_SEED_START}"
+RUN = f"runs/sd_ppo/CartPole-v1/seed{TUNING_SEED_START}"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 SMALL_SPACE = """\
 distill_coef: {type: float, low: 0.5, high: 20.0, log: true}
@@ -118,6 +118,9 @@ def test_two_workers_share_one_study(tmp_path, isolated_home, capsys):
         assert run_status(study_dir, trial.number) == "finished"
     summary = json.loads((study_dir / "summary.json").read_text())
     assert summary["importances"] or "Optuna could not" in summary["importances_note"]
+    assert main(["report", str(study_dir / "trials" / "trial_0000"), "--reps", "100"]) == 0  # a trial reads as a benchmark
+    report = json.loads((study_dir / "trials" / "trial_0000" / "summary.json").read_text())
+    assert "CartPole-v1" in json.dumps(report)
 
     capsys.readouterr()
     assert main(tune_args(study_dir, "--n-trials", "4", "--pruner", "median")) == 2  # not the same study

@@ -1,6 +1,6 @@
 """`rl-selfdistill tune`: hyperparameter search with Optuna (TPE + median or successive-halving pruning).
 
-Every trial trains ordinary runs (STUDY_DIR/trials/trial_<N>/<env>/seed<K>) on tuning seeds, the
+Every trial trains ordinary runs (STUDY_DIR/trials/trial_<N>/runs/<algo>/<env>/seed<K>) on tuning seeds, the
 study lives in STUDY_DIR/study.journal, and rerunning the same command resumes it. See docs/tuning.md.
 """
 

@@ -1,7 +1,8 @@
 """One trial: an ordinary training run per (env, seed), reported to Optuna evaluation by evaluation.
 
 Each run is made by `rl_selfdistill.run.run_training`, like `rl-selfdistill train`, in
-STUDY_DIR/trials/trial_<NNNN>/<env>/seed<N>, so W&B, checkpoints and crash safety are the same.
+STUDY_DIR/trials/trial_<NNNN>/runs/<algo>/<env>/seed<N> (a benchmark's layout), so W&B, checkpoints,
+crash safety and `rl-selfdistill report` work as for any run.
 Intermediate values are the runs' evaluations (eval.csv rows), numbered across the trial's runs in
 a fixed order (env-major, then seed), so step k means the same env, seed and evaluation in every
 trial and the pruner compares like with like. A pruned run stops at once; its run.json says
@@ -70,8 +71,11 @@ def trial_dir(study_dir: Path, number: int) -> Path:
     return Path(study_dir) / TRIALS_DIR / f"trial_{number:04d}"
 
 
-def run_dir_of(study_dir: Path, number: int, env_id: str, seed: int) -> Path:
-    return trial_dir(study_dir, number) / rundir.safe_env_name(env_id) / f"seed{seed}"
+def run_dir_of(study_dir: Path, number: int, algo: str, env_id: str, seed: int) -> Path:
+    """A benchmark's layout inside the trial folder, so `rl-selfdistill report` reads a trial like a benchmark."""
+    from rl_selfdistill.benchmark.grid import run_dir_for
+
+    return run_dir_for(trial_dir(study_dir, number), algo, env_id, seed)
 
 
 def train_command(plan: TrialPlan, env: EnvTarget, seed: int, hyperparams: dict[str, Any], run_dir: Path | None) -> str:
@@ -232,7 +236,7 @@ def run_trial(
     tags = [plan.study_name, f"trial{trial.number}"]
     for env in plan.envs:
         for seed in plan.seeds:
-            run_dir = run_dir_of(study_dir, trial.number, env.env_id, seed)
+            run_dir = run_dir_of(study_dir, trial.number, plan.algo, env.env_id, seed)
             record: dict[str, Any] = {"env_id": env.env_id, "seed": seed, "run_dir": str(run_dir.relative_to(study_dir))}
             records.append(record)
             command = train_command(plan, env, seed, hyperparams, run_dir)
