@@ -132,11 +132,13 @@ def test_update_share_is_the_time_spent_in_train(monkeypatch):
     settings = ThroughputSettings(n_envs=4, device="cpu", n_steps=32, n_epochs=1, batch_size=64)
     model = build_model("CartPole-v1", AlgoSpec("ppo"), settings)
     monkeypatch.setattr(PPO, "train", slow_timed_train)
-    fps, share = timed_trial(model, 4 * 32 * 4)  # four rollouts, four updates
+    fps, share, cpu_fps = timed_trial(model, 4 * 32 * 4)  # four rollouts, four updates
     elapsed = 4 * 32 * 4 / fps
     assert len(train_seconds) == 4
     assert share * elapsed == pytest.approx(sum(train_seconds), abs=0.02)
     assert 0 < share < 1
+    # Sleeping costs wall-clock, not CPU time: more steps per CPU-second than per wall-clock second.
+    assert cpu_fps > fps
 
 
 def test_paired_ratio_is_the_median_of_per_round_ratios():
@@ -177,3 +179,30 @@ def test_env_speed_script_alternates_backends():
     trials = re.findall(r"^  collect CartPole-v1 x2 (\w+): \d+ steps/s$", result.stdout, re.MULTILINE)
     assert trials == ["dummy", "envpool", "dummy", "envpool"]
     assert re.search(r"^collect .* envpool: median \d+ steps/s over \[\d+, \d+\], ratio to dummy [\d.]+ ", result.stdout, re.M)
+
+
+def test_distillation_options_of_the_sd_spec_through_the_cli(tmp_path, capsys):
+    """-params sets a variant of the SD spec (a lagged teacher here); the process-time ratio is reported too."""
+    argv = ["throughput", "--env", "CartPole-v1", "--pairs", "1", "-n", "256", "--n-envs", "2", "--n-steps", "64"]
+    argv += ["--n-epochs", "2", "--batch-size", "64", "--device", "cpu", "--json", str(tmp_path / "t.json")]
+    argv += ["-params", "teacher_mode:lagged", "teacher_update_unit:gradient_steps", "teacher_update_interval:2"]
+    assert main(argv) == 0
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["settings"]["sd_params"] == {
+        "teacher_mode": "lagged",
+        "teacher_update_unit": "gradient_steps",
+        "teacher_update_interval": 2,
+    }
+    # A lagged teacher is pushed once per gradient step: 2 epochs x 2 minibatches per rollout, warm-up included.
+    assert saved["teacher_updates"]["sd_ppo@dummy"] >= 4
+    assert saved["median_paired_cpu_ratio"] == pytest.approx(saved["cpu_fps_b"][0] / saved["cpu_fps_a"][0])
+    assert "steps per CPU-second" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [(["n_steps:3"], "not a distillation option"), (["teacher_mode:sideways"], "teacher_mode"), (["nokey"], "key:value")],
+)
+def test_bad_distillation_options_are_refused_before_any_training(params, message, capsys):
+    assert main(["throughput", "--env", "CartPole-v1", "-params", *params]) == 2
+    assert message in capsys.readouterr().err

@@ -111,12 +111,18 @@ class ThroughputSettings:
     target_update_interval: int = 1_000
     distill_coef: float = 0.5
     teacher_update_interval: int = 2_048
+    # Further distillation options of the SD spec (teacher_mode, distill_coef_mode, ...), validated like -params.
+    sd_params: dict[str, Any] = field(default_factory=dict)
 
     def warmup_for(self, spec: AlgoSpec) -> int:
         if self.warmup_timesteps is not None:
             return self.warmup_timesteps
         # One rollout (PPO) or train step (DQN) past the first teacher refresh, so the KL term is on when timing starts.
         needed = self.teacher_update_interval if spec.is_sd else 0
+        if spec.is_sd and self.sd_params.get("teacher_update_unit", "env_steps") != "env_steps":
+            # Counted in gradient steps or phases: two update phases fill a lagged teacher of a few steps.
+            per_phase = self.n_steps if spec.on_policy else self.train_freq
+            needed = self.n_envs * per_phase * (2 if spec.on_policy else self.teacher_update_interval + 2)
         if not spec.on_policy:
             needed = max(needed, self.learning_starts)
         return needed + self.n_envs * (self.n_steps if spec.on_policy else self.train_freq)
@@ -133,6 +139,9 @@ class ThroughputResult:
     # Per trial, the share of wall-clock spent in the update phase (`train()`); the rest is collection.
     update_share_a: list[float] = field(default_factory=list)
     update_share_b: list[float] = field(default_factory=list)
+    # Per trial, env steps per second of this process's CPU time: far steadier than wall-clock on a shared machine.
+    cpu_fps_a: list[float] = field(default_factory=list)
+    cpu_fps_b: list[float] = field(default_factory=list)
     teacher_updates: dict[str, int | None] = field(default_factory=dict)
     torch_threads: int | None = None
     hardware: dict[str, Any] = field(default_factory=dict)
@@ -155,6 +164,11 @@ class ThroughputResult:
         """Median over rounds of B's fps / A's fps in the same round."""
         return median_paired_ratio(self.fps_a, self.fps_b)
 
+    @property
+    def cpu_ratio(self) -> float | None:
+        """Median over rounds of B's / A's steps per CPU-second (process time), or None when not measured."""
+        return median_paired_ratio(self.cpu_fps_a, self.cpu_fps_b) if self.cpu_fps_a else None
+
     def phase_costs(self, which: str) -> tuple[float, float] | None:
         """Median microseconds per env step spent collecting and updating, for A (`"a"`) or B (`"b"`)."""
         fps, shares = (self.fps_a, self.update_share_a) if which == "a" else (self.fps_b, self.update_share_b)
@@ -172,6 +186,7 @@ class ThroughputResult:
             "median_b": self.median_b,
             "ratio_b_over_a": self.ratio,
             "median_paired_ratio": self.paired_ratio,
+            "median_paired_cpu_ratio": self.cpu_ratio,
             "us_per_step_collect_update_a": self.phase_costs("a"),
             "us_per_step_collect_update_b": self.phase_costs("b"),
         }
@@ -193,6 +208,7 @@ def algo_kwargs(spec: AlgoSpec, settings: ThroughputSettings) -> dict[str, Any]:
         )
     if spec.is_sd:
         common.update(distill_coef=settings.distill_coef, teacher_update_interval=settings.teacher_update_interval)
+        common.update(settings.sd_params)
     return common
 
 
@@ -244,15 +260,16 @@ def update_phase_timer() -> Any:
     return UpdatePhaseTimer()
 
 
-def timed_trial(model: Any, timesteps: int) -> tuple[float, float]:
+def timed_trial(model: Any, timesteps: int) -> tuple[float, float, float]:
     """Environment steps per second of one `learn` call (steps counted, as PPO rounds up to whole rollouts),
-    and the share of its wall-clock spent in updates."""
+    the share of its wall-clock spent in updates, and steps per second of this process's CPU time."""
     timer = update_phase_timer()
     before = model.num_timesteps
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.learn(total_timesteps=timesteps, reset_num_timesteps=False, progress_bar=False, callback=timer)
-    elapsed = time.perf_counter() - start
-    return (model.num_timesteps - before) / elapsed, timer.update_seconds / elapsed
+    elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
+    steps = model.num_timesteps - before
+    return steps / elapsed, timer.update_seconds / elapsed, steps / max(cpu_elapsed, 1e-9)
 
 
 def training_fps(
@@ -341,6 +358,7 @@ def measure_throughput(
     timings = alternate(trials, pairs, on_trial)
     fps = {spec: [value[0] for value in values] for spec, values in timings.items()}
     update_shares = {spec: [value[1] for value in values] for spec, values in timings.items()}
+    cpu_fps = {spec: [value[2] for value in values] for spec, values in timings.items()}
     updates = {spec.label: teacher_updates(model) for spec, model in models.items()}
     for model in models.values():
         model.get_env().close()
@@ -355,11 +373,13 @@ def measure_throughput(
         fps[a],
         fps[b],
         asdict(settings),
-        update_shares[a],
-        update_shares[b],
-        updates,
-        torch.get_num_threads(),
-        hardware_info(),
+        update_share_a=update_shares[a],
+        update_share_b=update_shares[b],
+        cpu_fps_a=cpu_fps[a],
+        cpu_fps_b=cpu_fps[b],
+        teacher_updates=updates,
+        torch_threads=torch.get_num_threads(),
+        hardware=hardware_info(),
     )
 
 
@@ -370,6 +390,8 @@ def format_result(result: ThroughputResult) -> str:
         f"B {result.b}: median {result.median_b:.0f} fps  (trials: {', '.join(f'{v:.0f}' for v in result.fps_b)})",
         f"ratio B/A: {result.ratio:.3f} (of the medians); median of the per-round ratios: {result.paired_ratio:.3f}",
     ]
+    if result.cpu_ratio is not None:
+        lines.append(f"ratio B/A of steps per CPU-second (process time): {result.cpu_ratio:.3f} (median of per-round ratios)")
     for which, label in (("a", result.a), ("b", result.b)):
         costs = result.phase_costs(which)
         if costs is not None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rl_selfdistill.algos import registry
 from rl_selfdistill.cli.common import add_command
 from rl_selfdistill.errors import UsageError
 
@@ -47,6 +48,14 @@ def register(subparsers: Any) -> None:
     sd = parser.add_argument_group("self-distillation (applied to SD specs only)")
     sd.add_argument("--distill-coef", type=float, default=defaults.distill_coef, help="weight of the KL term")
     sd.add_argument("--teacher-update-interval", type=int, default=defaults.teacher_update_interval, help="env steps")
+    sd.add_argument(
+        "-params",
+        "--hyperparams",
+        nargs="+",
+        default=[],
+        metavar="KEY:VALUE",
+        help="further distillation options of the SD spec, e.g. teacher_mode:lagged teacher_update_unit:gradient_steps",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON")
     parser.set_defaults(func=run_throughput_command)
 
@@ -74,7 +83,25 @@ def throughput_settings(args: argparse.Namespace) -> Any:
         target_update_interval=args.target_update_interval,
         distill_coef=args.distill_coef,
         teacher_update_interval=args.teacher_update_interval,
+        sd_params=_sd_params(args),
     )
+
+
+def _sd_params(args: argparse.Namespace) -> dict[str, Any]:
+    """-params for the SD spec: distillation options only (A and B share every other setting), validated."""
+    from rl_selfdistill.config import parse_params, validate_hyperparams
+    from rl_selfdistill.distill.config import DistillConfig
+
+    params = parse_params(args.hyperparams)
+    other = sorted(set(params) - set(DistillConfig.names()))
+    if other:
+        raise UsageError(f"-params {other[0]!r} is not a distillation option; throughput gives A and B the same settings")
+    sd_algo = next(
+        (spec.partition("@")[0] for spec in (args.b, args.a) if registry.is_distilling(spec.partition("@")[0])), None
+    )
+    if params and sd_algo is None:
+        raise UsageError("-params applies to a self-distilling spec; pass one as --a or --b")
+    return validate_hyperparams(sd_algo, params, what="-params") if params else {}
 
 
 def run_throughput_command(args: argparse.Namespace) -> int:
