@@ -90,6 +90,8 @@ def run_tune_command(args: argparse.Namespace) -> int:
     from rl_selfdistill.tune import study as studies
     from rl_selfdistill.tune.summary import write_summary
 
+    if args.summary and not (args.output / studies.JOURNAL).is_file():
+        raise UsageError(f"no study in {str(args.output)!r} yet; run the command without --summary first")
     study = studies.open_study(settings)  # refuses another study's folder before anything is written
     studies.write_study_file(settings)
     if args.summary:

@@ -100,9 +100,10 @@ def objective_description(settings: Any) -> str:
     normalised = any(env.suite_env is not None for env in plan.envs)
     envs = ", ".join(f"{env.env_id} ({env.n_timesteps} steps)" for env in plan.envs)
     score = "suite-normalised score" if normalised else "score"
+    episodes = f"{plan.eval_episodes} episode" + ("s" if plan.eval_episodes != 1 else "")
     return (
         f"mean {score} over {envs} x seeds {', '.join(map(str, plan.seeds))}; a run's score is the mean evaluation "
-        f"return over the final 10% of its budget ({plan.eval_episodes} episodes every {plan.eval_freq} steps)"
+        f"return over the final 10% of its budget ({episodes} every {plan.eval_freq} steps)"
     )
 
 
