@@ -105,6 +105,8 @@ def builtin_space_files(algo: str, *, tune_base: bool) -> list[Path]:
 def load_space(algo: str, space_file: Path | None = None, *, tune_base: bool = False) -> SearchSpace:
     """The study's space: FILE when given (it replaces the built-in spaces), else the built-in one(s)."""
     registry.get(algo)
+    if space_file is not None and tune_base:
+        raise UsageError("--space FILE replaces the built-in spaces that --tune-base adds; drop one of them")
     if space_file is not None:
         return parse_space(algo, cfg.read_yaml_mapping(Path(space_file), what="search space"), source=str(space_file))
     entries: dict[str, Any] = {}
@@ -119,7 +121,7 @@ def parse_space(algo: str, entries: dict[str, Any], *, source: str) -> SearchSpa
     what = f"search space {source!r}"
     unknown = [key for key in entries if key not in known_keys(algo)]
     if unknown:
-        _validated(algo, unknown[0], None, what=what)  # the presets' own message, with its did-you-mean hint
+        cfg.validate_hyperparams(algo, {unknown[0]: None}, what=what)  # the presets' message, naming the file, with a hint
     params: list[Param] = []
     fixed: dict[str, Any] = {}
     for key, entry in entries.items():
