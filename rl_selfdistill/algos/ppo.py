@@ -117,9 +117,8 @@ class SelfDistillPPO(SelfDistillMixin, PPO):
         else:
             latent_pi = network.mlp_extractor.forward_actor(features[0])
             latent_vf = network.mlp_extractor.forward_critic(features[1])
-        distribution = network._get_action_dist_from_latent(latent_pi)
         values = network.value_net(latent_vf).flatten() if self.distiller.config.distill_value_coef > 0 else None
-        return self.policy_kl.params(network, distribution), values
+        return self.policy_kl.params_from_latent(network, latent_pi), values
 
     def _teacher_observations(self, stats: Any, observations: Any, raw: np.ndarray | None, rows: Any) -> Observations:
         """Rows of the rollout as the teacher must see them: re-normalised with its own statistics when known."""

@@ -62,6 +62,18 @@ class PolicyKL:
             return th.cat([part.logits for part in distribution.distribution], dim=-1)
         return distribution.distribution.logits
 
+    def params_from_latent(self, policy: ActorCriticPolicy, latent_pi: th.Tensor) -> th.Tensor:
+        """The same flat parameters as ``params``, straight from the policy's action head (no distribution
+        object: a teacher run on every minibatch skips torch's argument checks)."""
+        output = policy.action_net(latent_pi)
+        if self.distribution_type is DiagGaussianDistribution:
+            return th.cat([output, policy.log_std.expand_as(output)], dim=-1)
+        if self.distribution_type is MultiCategoricalDistribution:
+            return th.cat([_normalised(part) for part in th.split(output, list(self.action_dims), dim=-1)], dim=-1)
+        if self.distribution_type is CategoricalDistribution:
+            return _normalised(output)
+        return output  # Bernoulli logits
+
     def per_sample(self, teacher_params: th.Tensor, student_params: th.Tensor) -> th.Tensor:
         """KL per sample ``[batch]`` between flat teacher and student parameters."""
         if self.distribution_type is DiagGaussianDistribution:
@@ -97,3 +109,8 @@ class PolicyKL:
     @property
     def _fused_categorical(self) -> bool:
         return self.distribution_type is CategoricalDistribution and self.temperature == 1.0 and self.direction == "forward"
+
+
+def _normalised(logits: th.Tensor) -> th.Tensor:
+    """torch's Categorical normalisation of logits, with the same floating-point ops (a fresh snapshot's KL is exactly 0)."""
+    return logits - logits.logsumexp(dim=-1, keepdim=True)

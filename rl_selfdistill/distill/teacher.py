@@ -156,13 +156,19 @@ class Teacher:
             return
         # Full: recycle the oldest copy's storage for the newest snapshot.
         oldest = self.networks[0]
-        with th.no_grad():
-            for target, source in zip(oldest.state_dict().values(), student.state_dict().values()):
-                target.copy_(source)
+        copy_weights(oldest, student)
         members = [*list(self.networks)[1:], oldest]
         for index, member in enumerate(members):
             self.networks[index] = member
         self.obs_stats = [*self.obs_stats[1:], stats]
+
+
+def copy_weights(target: nn.Module, source: nn.Module) -> None:
+    """Copy parameters and buffers in place (a lagged teacher does this every gradient step: no state_dict dicts)."""
+    with th.no_grad():
+        targets = [*target.parameters(), *target.buffers()]
+        sources = [*source.parameters(), *source.buffers()]
+        th._foreach_copy_(targets, sources)
 
 
 def _average_stats(old: Any, new: Any, tau: float) -> Any:
