@@ -1,4 +1,4 @@
-"""`rl-selfdistill` command line: train | evaluate | benchmark | report | throughput.
+"""`rl-selfdistill` command line: train | evaluate | benchmark | report | throughput | tune.
 
 Each subcommand is a module of this package exposing `register(subparsers)`, which adds its
 parser (through `common.add_command`) and sets `func` to a handler `(argparse.Namespace) -> int`.
