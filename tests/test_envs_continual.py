@@ -232,3 +232,40 @@ def test_a_training_run_evaluates_on_the_level_it_is_learning_and_resumes_the_sc
     assert fresh.get_attr("level_steps") == [512 + 32, 512 + 32]  # 1024 / 2 before, then 64 / 2 more
     for venv in (train, evaluation, fresh):
         venv.close()
+
+
+def test_the_train_path_keeps_the_eval_env_on_the_training_level(tmp_path):
+    """run_training adds the level callback by itself: its evaluations follow the level being learnt."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from rl_selfdistill.run import TrainRequest, prepare_run
+
+    request = TrainRequest(
+        algo="ppo",
+        env_id="Continual-CartPole-v0",
+        n_timesteps=512,
+        seed=0,
+        vec_env="dummy",
+        n_envs=2,
+        log_folder=tmp_path,
+        eval_freq=128,
+        eval_episodes=1,
+        save_freq=0,
+        hyperparams={"n_steps": 32, "batch_size": 64, "n_epochs": 1, "env_kwargs": {"steps_per_level": 40}},
+        wandb_mode="disabled",
+        progress=False,
+        verbose=0,
+    )
+    levels = []
+
+    class Record(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.n_calls % 64 == 0:
+                levels.append((run.eval_env.get_attr("level")[0], max(self.training_env.get_attr("level"))))
+            return True
+
+    run = prepare_run(request, callbacks=[Record()])
+    with run:
+        run.train()
+    assert levels and levels[-1][1] >= 5
+    assert all(0 <= train_level - eval_level <= 1 for eval_level, train_level in levels)

@@ -96,10 +96,14 @@ class TrainingRun:
         from stable_baselines3.common.callbacks import CallbackList
 
         import rl_selfdistill.run.callbacks as callbacks
+        from rl_selfdistill.envs.continual import ContinualLevelCallback, is_continual
         from rl_selfdistill.run.build import evaluates_deterministically
 
         chosen: list[Any] = [callbacks.CheckpointCallback(self.checkpoint, self.options["save_freq"])]
         n_envs = self.config["hyperparams"]["n_envs"]
+        if is_continual(self.config["env_id"]):
+            # Before the EvalCallback: evaluations measure the level being learnt, and a resume keeps the schedule.
+            chosen.append(ContinualLevelCallback(self.eval_env))
         if self.options["eval_freq"] > 0:
             deterministic = evaluates_deterministically(self.config["env_id"])
             evaluation = callbacks.make_eval_callback(
