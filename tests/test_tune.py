@@ -66,32 +66,40 @@ def test_killed_study_resumes_to_the_intended_number_of_finished_trials(tmp_path
     study_dir = tmp_path / "study"
     space = tmp_path / "space.yaml"  # teachers refreshed within the tiny budget, so trials differ and can be pruned
     space.write_text(SMALL_SPACE)
-    args = tune_args(study_dir, "--n-trials", "2", "--pruner", "median", "--space", str(space))
+    args = tune_args(study_dir, "--seeds", "2", "--n-trials", "2", "--pruner", "median", "--space", str(space))
+    first, second = (f"runs/sd_ppo/CartPole-v1/seed{TUNING_SEED_START + k}" for k in (0, 1))
+    trial_0, trial_1 = study_dir / "trials" / "trial_0000", study_dir / "trials" / "trial_0001"
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [*cli_command(), *args], env=environment, text=True, stderr=subprocess.PIPE, start_new_session=True
     )
-    # The deterministic point: the first trial's first run directory exists, so the trial is RUNNING mid-run.
-    wait_for(study_dir / "trials" / "trial_0000" / RUN / "run.json", process)
+    # The deterministic point: the first trial's second run directory exists, so its first run has finished and
+    # the trial is RUNNING in the middle of its second run.
+    wait_for(trial_0 / second / "run.json", process)
     os.killpg(process.pid, signal.SIGKILL)
     process.communicate()
     assert process.returncode == -signal.SIGKILL
     assert load(study_dir).trials[0].state == optuna.trial.TrialState.RUNNING
 
     assert main(args) == 0  # the same command again
-    out = capsys.readouterr().out
-    assert "trial 0: its worker died" in out
+    assert "trial 0: its worker died" in capsys.readouterr().out
 
     trials = load(study_dir).trials
     assert trials[0].state == optuna.trial.TrialState.FAIL
     assert [trial.state in FINISHED for trial in trials[1:]] == [True, True]
-    retry = trials[1]
-    assert retry.user_attrs["retry_of"] == 0 and retry.params == trials[0].params
-    assert json.loads((study_dir / "trials" / "trial_0000" / "trial.json").read_text())["status"] == "failed"
-    assert run_status(study_dir, 0) == "running"  # the killed run is kept as it was left
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == trials[0].params
+    assert json.loads((trial_0 / "trial.json").read_text())["status"] == "failed"
+    assert json.loads((trial_0 / second / "run.json").read_text())["status"] == "running"  # kept as it was left
+    # The killed trial's finished run has the retry's parameters and seed: it is moved over, not trained again.
+    assert not (trial_0 / first).exists()
+    assert json.loads((trial_1 / "trial.json").read_text())["runs"][0]["reused_from_trial"] == 0
     for trial in trials[1:]:
-        expected = "finished" if trial.state == optuna.trial.TrialState.COMPLETE else "pruned"
-        assert run_status(study_dir, trial.number) == expected
+        record = json.loads((study_dir / "trials" / f"trial_{trial.number:04d}" / "trial.json").read_text())
+        assert record["status"] == trial.state.name.lower()
+        for run in record["runs"]:  # finished runs are "finished", the one the pruner stopped is "pruned"
+            assert json.loads((study_dir / run["run_dir"] / "run.json").read_text())["status"] == run["status"]
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert [run["status"] for run in record["runs"]] == ["finished", "finished"]
     summary = json.loads((study_dir / "summary.json").read_text())
     assert summary["finished"] == 2 and summary["counts"]["FAIL"] == 1
     assert summary["best_commands"][0].startswith(

@@ -18,6 +18,7 @@ suite's floor, 1 at its reference score) when the study normalises (several envs
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,22 @@ def mark_pruned(run_dir: Path, reason: str, steps: int | None) -> None:
         rundir.write_run_state(run_dir, {**state, **changes})
 
 
+def reuse_finished_run(study_dir: Path, retry_of: int | None, algo: str, env_id: str, seed: int, run_dir: Path) -> bool:
+    """Move a finished run of the killed trial that this one retries here, instead of training it again.
+
+    Same parameters, same seed, same code: training it again would reproduce it. Its evaluations are then
+    reported from its eval.csv like those of a run trained now.
+    """
+    if retry_of is None or run_dir.exists():
+        return False
+    source = run_dir_of(study_dir, retry_of, algo, env_id, seed)
+    if not rundir.is_finished(source):
+        return False
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(source, run_dir)
+    return True
+
+
 def run_trial(
     trial: Any, plan: TrialPlan, study_dir: Path, hyperparams: dict[str, Any], records: list[dict[str, Any]]
 ) -> float:
@@ -234,6 +251,7 @@ def run_trial(
 
     reporter = Reporter(trial)
     tags = [plan.study_name, f"trial{trial.number}"]
+    retry_of = trial.user_attrs.get(RETRY_ATTR)
     for env in plan.envs:
         for seed in plan.seeds:
             run_dir = run_dir_of(study_dir, trial.number, plan.algo, env.env_id, seed)
@@ -242,12 +260,15 @@ def run_trial(
             command = train_command(plan, env, seed, hyperparams, run_dir)
             request = train_request(plan, env, seed, hyperparams, run_dir=run_dir, command=command, extra_tags=tags)
             callback = pruning_callback(reporter, run_dir, plan.eval_freq, env.normalise)
-            try:
-                run_training(request, callbacks=[callback])
-            except optuna.TrialPruned as pruned:
-                mark_pruned(run_dir, str(pruned), callback.stopped_at)
-                record["status"] = PRUNED
-                raise
+            if reuse_finished_run(study_dir, retry_of, plan.algo, env.env_id, seed, run_dir):
+                record["reused_from_trial"] = retry_of
+            else:
+                try:
+                    run_training(request, callbacks=[callback])
+                except optuna.TrialPruned as pruned:
+                    mark_pruned(run_dir, str(pruned), callback.stopped_at)
+                    record["status"] = PRUNED
+                    raise
             score = run_score(run_dir, env.env_id, env.n_timesteps)
             if score is None:
                 raise RuntimeError(f"run {run_dir} has no evaluation in its final 10%")
