@@ -21,6 +21,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from rl_selfdistill.cli import main  # noqa: E402
+from rl_selfdistill.errors import UsageError  # noqa: E402
 from rl_selfdistill.tune.seeds import TUNING_SEED_START, check_reporting_seeds  # noqa: E402
 from rl_selfdistill.tune.study import storage  # noqa: E402
 from tests.helpers import cli_command  # noqa: E402
@@ -235,3 +236,18 @@ def test_print_space_round_trips(tmp_path, capsys):
     assert main(["tune", "--algo", "sd_dqn", "--space", str(space), "--print-space"]) == 0
     assert capsys.readouterr().out == printed
     assert "train_freq" in printed and "distill_temperature" in printed
+
+
+def test_several_envs_are_normalised_like_the_report():
+    from rl_selfdistill.cli.tune import env_targets
+    from rl_selfdistill.envs import load_suite, normalize_score
+
+    [alone] = env_targets(None, ["CartPole-v1"], 512)
+    assert alone.suite_env is None and alone.normalise(200.0) == 200.0  # one env: its raw return
+    cartpole, acrobot = env_targets(None, ["CartPole-v1", "Acrobot-v1"], None)
+    classic = load_suite("classic")
+    assert acrobot.n_timesteps == classic.get("Acrobot-v1").n_timesteps  # the suite's budget, as benchmark's
+    assert cartpole.normalise(200.0) == normalize_score(classic.get("CartPole-v1"), 200.0)
+    assert acrobot.normalise(-100.0) == normalize_score(classic.get("Acrobot-v1"), -100.0)
+    with pytest.raises(UsageError, match="in no suite"):
+        env_targets(None, ["CartPole-v1", "MountainCar-v0"], 512)
