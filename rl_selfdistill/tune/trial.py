@@ -86,6 +86,7 @@ def train_command(plan: TrialPlan, env: EnvTarget, seed: int, hyperparams: dict[
     for key in ("n_envs", "vec_env", "device"):
         value = plan.train_options.get(key)
         options[f"--{key.replace('_', '-')}"] = value if value not in (None, "auto") else None
+    options["--gym-packages"] = plan.train_options.get("gym_packages")
     options["--run-dir"] = run_dir
     words = [rundir.PROGRAM, "train", "--algo", plan.algo, "--env", env.env_id]
     command = rundir.format_command(words, options)
