@@ -135,8 +135,10 @@ def open_study(settings: TuneSettings, *, worker: int = 0) -> Any:
             f"study {str(settings.study_dir)!r} was created with another {changed} ({recorded.get(changed)!r}); "
             "rerun its own command (study.json) or choose a new STUDY_DIR"
         )
-    for params in settings.enqueue:
-        study.enqueue_trial(params, skip_if_exists=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "already exists, skipping" on every resume: the point of skip_if_exists
+        for params in settings.enqueue:
+            study.enqueue_trial(params, skip_if_exists=True)
     offset = 1000 * worker + len(study.get_trials(deepcopy=False))
     return optuna.load_study(
         study_name=name, storage=store, sampler=make_sampler(settings, offset), pruner=make_pruner(settings)
