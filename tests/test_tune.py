@@ -117,9 +117,16 @@ def test_killed_study_resumes_to_the_intended_number_of_finished_trials(tmp_path
 
 def test_two_workers_share_one_study(tmp_path, isolated_home, capsys):
     study_dir = tmp_path / "shared"
-    args = tune_args(study_dir, "--n-trials", "4", "--pruner", "none", "--workers", "2")
+    candidates = tmp_path / "candidates.yaml"  # the old defaults, evaluated first
+    candidates.write_text("- {distill_coef: 0.5, teacher_mode: snapshot, teacher_update_interval: 20000}\n")
+    args = tune_args(study_dir, "--n-trials", "4", "--pruner", "none", "--workers", "2", "--enqueue", str(candidates))
     assert main(args) == 0
     trials = load(study_dir).trials
+    assert {key: trials[0].params[key] for key in ("distill_coef", "teacher_mode", "teacher_update_interval")} == {
+        "distill_coef": 0.5,
+        "teacher_mode": "snapshot",
+        "teacher_update_interval": 20000,
+    }
     assert len(trials) == 4 and all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
     pids = {trial.user_attrs["worker"]["pid"] for trial in trials}
     assert len(pids) == 2 and os.getpid() not in pids  # two spawned processes, each ran trials
