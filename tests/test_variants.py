@@ -317,6 +317,8 @@ def test_save_load_restores_the_variant_state(tmp_path, options):
         ({"distill_gaussian": "median"}, "distill_gaussian"),
         ({"reset_parts": "legs"}, "reset_parts"),
         ({"teacher_update_unit": "epochs"}, "teacher_update_unit"),
+        ({"teacher_mode": "lagged"}, "lags by gradient steps or phases"),
+        ({"teacher_mode": "lagged", "teacher_update_unit": "phases", "teacher_update_interval": 5000}, "copies"),
     ],
 )
 def test_bad_variant_options_fail_at_construction(options, match):

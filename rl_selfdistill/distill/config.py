@@ -23,6 +23,7 @@ KL_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
 COEF_MODES: tuple[str, ...] = ("fixed", "relative")
 GAUSSIAN_TARGETS: tuple[str, ...] = ("full", "mean_mse", "mean_kl")
 RESET_PARTS: tuple[str, ...] = ("all", "heads")
+MAX_LAG = 1000  # a lagged teacher stores lag + 1 copies of the network
 
 
 def _coefficient(key: str, value: Any) -> Any:
@@ -125,6 +126,12 @@ class DistillConfig:
         mode, unit = values.get("teacher_mode", "snapshot"), values.get("teacher_update_unit", "env_steps")
         if mode in ("reset", "target") and unit != "env_steps":
             raise UsageError(f"teacher_mode {mode!r} counts env steps; drop teacher_update_unit or set it to env_steps")
+        if mode == "lagged":
+            if unit == "env_steps":
+                raise UsageError("teacher_mode 'lagged' lags by gradient steps or phases; set teacher_update_unit to one")
+            lag = values.get("teacher_update_interval", 20_000)
+            if lag > MAX_LAG:
+                raise UsageError(f"a lagged teacher keeps lag + 1 network copies; teacher_update_interval {lag} > {MAX_LAG}")
         if callable(coef):
             schedule: Callable[[float], float] = parse_schedule(coef, "distill_coef")
             if schedule(1.0) < 0 or schedule(0.0) < 0:
