@@ -191,6 +191,7 @@ BAD_SPACES = {
         "listed above",
     ),
     "bad YAML": ("distill_coef: {type: float, low: [\n", "not valid YAML"),
+    "fixed keys that conflict": ("teacher_mode: lagged\ndistill_coef: {type: float, low: 0.1, high: 1.0}\n", "first point"),
     "nothing sampled": ("distill_coef: 0.5\n", "samples nothing"),
 }
 

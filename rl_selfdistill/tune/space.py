@@ -12,8 +12,9 @@ either a distribution or a fixed value:
 `float` and `int` take `low`, `high` and optionally `log: true` or `step: S`; `categorical` takes
 `choices` (numbers, strings, booleans or null). `when: {KEY: [values]}` samples a key only in trials
 where the earlier categorical KEY took one of the values. Every bound, choice and fixed value is
-checked with the preset validators (`config.validate_hyperparams`), so a space the presets would
-refuse is refused before any trial runs. Imports neither optuna nor torch.
+checked with the presets' validator of its key, and the point of first choices and low ends with
+`config.validate_hyperparams` (which also checks keys that only work together), so a space the
+presets would refuse is refused before any trial runs. Imports neither optuna nor torch.
 """
 
 from __future__ import annotations
@@ -131,7 +132,31 @@ def parse_space(algo: str, entries: dict[str, Any], *, source: str) -> SearchSpa
             fixed[key] = _validated(algo, key, entry, what=what)
     if not params:
         raise UsageError(f"{what} samples nothing; give at least one key a {{type: ...}} distribution")
-    return SearchSpace(algo=algo, params=tuple(params), fixed=fixed, source=source)
+    space = SearchSpace(algo=algo, params=tuple(params), fixed=fixed, source=source)
+    _check_first_point(space, what=what)
+    return space
+
+
+def first_point(space: SearchSpace) -> dict[str, Any]:
+    """The fixed values with every active key at its first choice or low end."""
+    sampled: dict[str, Any] = {}
+    for param in space.params:
+        if param.active(sampled):
+            sampled[param.name] = param.choices[0] if param.type == "categorical" else param.low
+    return {**space.fixed, **sampled}
+
+
+def _check_first_point(space: SearchSpace, *, what: str) -> None:
+    """Keys that only work together (teacher_mode lagged needs teacher_update_unit, ...) are checked on one point.
+
+    Each value was checked on its own; this catches a space whose fixed values conflict, before any trial.
+    A sampled combination the algorithm refuses fails its trial, with the reason in trial.json.
+    """
+    point = first_point(space)
+    try:
+        cfg.validate_hyperparams(space.algo, point, what=what)
+    except UsageError as error:
+        raise UsageError(f"{what}: its first point (first choices, low ends) is refused: {error}") from None
 
 
 def known_keys(algo: str) -> set[str]:
@@ -140,8 +165,9 @@ def known_keys(algo: str) -> set[str]:
 
 
 def _validated(algo: str, key: str, value: Any, *, what: str) -> Any:
+    """`value` checked by the presets' validator of `key` (on its own: combinations are checked on a whole point)."""
     try:
-        return cfg.validate_hyperparams(algo, {key: value}, what=what)[key]
+        return cfg.hyperparameter_schema(algo)[key](key, value)
     except UsageError as error:
         raise UsageError(f"{what}: {error}") from None
 
