@@ -106,6 +106,7 @@ def run_tune_command(args: argparse.Namespace) -> int:
 def tune_settings(args: argparse.Namespace, space: Any) -> Any:
     """Everything checked before the study folder is touched: a bad option never costs a trial."""
     from rl_selfdistill.tune.seeds import tuning_seeds
+    from rl_selfdistill.tune.space import first_point
     from rl_selfdistill.tune.study import TuneSettings
     from rl_selfdistill.tune.trial import TrialPlan, check_plan
 
@@ -129,7 +130,7 @@ def tune_settings(args: argparse.Namespace, space: Any) -> Any:
         train_options=_train_options(args),
         study_name=args.study_name or args.output.resolve().name,
     )
-    check_plan(plan, space.fixed)
+    check_plan(plan, first_point(space))
     return TuneSettings(
         study_dir=args.output,
         plan=plan,

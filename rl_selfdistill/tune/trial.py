@@ -126,14 +126,17 @@ def train_request(plan: TrialPlan, env: EnvTarget, seed: int, hyperparams: dict[
     )
 
 
-def check_plan(plan: TrialPlan, fixed: dict[str, Any]) -> None:
-    """What every trial's runs would refuse (env id, budget, device, fixed keys, action space), refused now."""
+def check_plan(plan: TrialPlan, point: dict[str, Any]) -> None:
+    """What every trial's runs would refuse (env id, budget, device, fixed keys, action space), refused now.
+
+    `point` is one point of the space (`space.first_point`): the run request is resolved with it.
+    """
     from rl_selfdistill.benchmark.aggregate import score_fraction
     from rl_selfdistill.benchmark.grid import incompatibility
     from rl_selfdistill.run.request import resolve_config
 
     for env in plan.envs:
-        config = resolve_config(train_request(plan, env, plan.seeds[0], fixed))
+        config = resolve_config(train_request(plan, env, plan.seeds[0], point))
         reason = incompatibility(plan.algo, env.env_id)
         if reason:
             raise UsageError(f"{reason}; tune it on other envs")
