@@ -110,8 +110,16 @@ def tune_settings(args: argparse.Namespace, space: Any) -> Any:
     from rl_selfdistill.tune.study import TuneSettings
     from rl_selfdistill.tune.trial import TrialPlan, check_plan
 
-    _check_positive({"--n-trials": args.n_trials, "--workers": args.workers, "--eval-episodes": args.eval_episodes})
-    _check_positive({"--n-startup-trials": args.n_startup_trials + 1, "--save-freq": args.save_freq + 1})
+    for flag, value, minimum in (
+        ("--n-trials", args.n_trials, 1),
+        ("--workers", args.workers, 1),
+        ("--eval-episodes", args.eval_episodes, 1),
+        ("--n-startup-trials", args.n_startup_trials, 0),
+        ("--save-freq", args.save_freq, 0),
+        ("--n-warmup-evals", args.n_warmup_evals or 0, 0),
+    ):
+        if value < minimum:
+            raise UsageError(f"{flag} must be at least {minimum}, got {value}")
     if not args.suite and not args.envs:
         raise UsageError("name the envs to tune on: --envs ENV_ID ... or --suite NAME")
     envs = env_targets(args.suite, args.envs, args.n_timesteps)
@@ -120,7 +128,6 @@ def tune_settings(args: argparse.Namespace, space: Any) -> Any:
     if not 0 < eval_freq <= shortest:
         raise UsageError(f"--eval-freq must lie in 1..{shortest} (the shortest budget), got {eval_freq}")
     warmup = args.n_warmup_evals if args.n_warmup_evals is not None else shortest // eval_freq // 3
-    _check_positive({"--n-warmup-evals": warmup + 1})
     plan = TrialPlan(
         algo=args.algo,
         envs=tuple(envs),
@@ -144,12 +151,6 @@ def tune_settings(args: argparse.Namespace, space: Any) -> Any:
         workers=args.workers,
         command=canonical_command(args),
     )
-
-
-def _check_positive(values: dict[str, int]) -> None:
-    for flag, value in values.items():
-        if value < 1:
-            raise UsageError(f"{flag} is too small ({value}); see rl-selfdistill tune --help")
 
 
 def _train_options(args: argparse.Namespace) -> dict[str, Any]:
