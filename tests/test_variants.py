@@ -324,3 +324,19 @@ def test_save_load_restores_the_variant_state(tmp_path, options):
 def test_bad_variant_options_fail_at_construction(options, match):
     with pytest.raises(UsageError, match=match):
         SelfDistillPPO("MlpPolicy", "CartPole-v1", **options, **PPO_TINY)
+
+
+def test_teacher_statistics_survive_save_and_load(tmp_path):
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=0), gamma=0.99)
+    model = SelfDistillPPO("MlpPolicy", env, seed=0, teacher_mode="ensemble", teacher_update_interval=128, **PPO_TINY)
+    model.learn(384)
+    model.save(tmp_path / "agent.zip")
+    loaded = SelfDistillPPO.load(tmp_path / "agent.zip", env=env, device="cpu")
+    saved_stats = [stats for _, stats in model.distiller.teacher.active_members()]
+    loaded_stats = [stats for _, stats in loaded.distiller.teacher.active_members()]
+    assert len(saved_stats) == len(loaded_stats) == 2
+    for saved, restored in zip(saved_stats, loaded_stats):
+        np.testing.assert_array_equal(saved.mean, restored.mean)
+        np.testing.assert_array_equal(saved.var, restored.var)
+    # Each snapshot kept the statistics of its own time: the two members differ.
+    assert not np.array_equal(saved_stats[0].mean, saved_stats[1].mean)
