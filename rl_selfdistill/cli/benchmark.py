@@ -8,7 +8,7 @@ from typing import Any
 
 from rl_selfdistill.benchmark import grid
 from rl_selfdistill.benchmark.grid import EnvBudget, Manifest, RunSpec, RunState
-from rl_selfdistill.cli.common import add_command, add_gym_packages
+from rl_selfdistill.cli.common import add_command, add_gym_packages, add_hyperparams
 from rl_selfdistill.errors import UsageError
 
 HELP = "run an algo x env x seed grid of training runs (local process pool or Ray)"
@@ -28,9 +28,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     parser.add_argument("--allow-tuning-seeds", action="store_true", help="accept seeds of the tuning range (docs/tuning.md)")
     parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="budget for every env (default: the suite's)")
-    parser.add_argument(
-        "-params", "--params", nargs="+", default=[], metavar="KEY:VALUE", help="hyperparameter overrides for the SD algos"
-    )
+    add_hyperparams(parser, "hyperparameter overrides for the SD algos")
     parser.add_argument("--backend", choices=("local", "ray"), default="local", help="where the runs execute")
     parser.add_argument(
         "--workers", type=int, default=1, help="runs at a time (local pool size; size of a local Ray instance)"
@@ -108,7 +106,7 @@ def canonical_command(args: argparse.Namespace) -> str:
         "--cpus-per-run": args.cpus_per_run,
         "--gpus-per-run": (args.gpus_per_run or None) if args.backend == "ray" else None,
         "--gym-packages": args.gym_packages,
-        "-params": args.params,
+        "-params": args.hyperparams,
         "-o": args.output,
     }
     return format_command([PROGRAM, "benchmark"], options)
@@ -133,7 +131,7 @@ def requested_manifest(args: argparse.Namespace) -> Manifest:
         envs=envs,
         algos=algos,
         seeds=list(range(args.first_seed, args.first_seed + args.seeds)),
-        sd_params=parse_params(args.params),
+        sd_params=parse_params(args.hyperparams),
         git_commit=git_commit(),
         created_at=grid.utc_now(),
         skipped=skipped_cells(algos, envs),

@@ -56,6 +56,13 @@ def add_gym_packages(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_hyperparams(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str) -> None:
+    """The RL Zoo's `-params KEY:VALUE ...` (also `--params`, `--hyperparams`), read with `config.parse_params`."""
+    parser.add_argument(
+        "-params", "--params", "--hyperparams", dest="hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help=help
+    )
+
+
 def key_values(items: Sequence[str], option: str) -> dict[str, Any]:
     """KEY:VALUE items of `option`, values read as YAML data (never evaluated as code)."""
     from rl_selfdistill.config import parse_params

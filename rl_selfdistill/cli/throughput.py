@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_selfdistill.algos import registry
-from rl_selfdistill.cli.common import add_command
+from rl_selfdistill.cli.common import add_command, add_hyperparams
 from rl_selfdistill.errors import UsageError
 
 HELP = "paired A B A B fps comparison of two algos or env backends on one env"
@@ -48,13 +48,8 @@ def register(subparsers: Any) -> None:
     sd = parser.add_argument_group("self-distillation (applied to SD specs only)")
     sd.add_argument("--distill-coef", type=float, default=defaults.distill_coef, help="weight of the KL term")
     sd.add_argument("--teacher-update-interval", type=int, default=defaults.teacher_update_interval, help="env steps")
-    sd.add_argument(
-        "-params",
-        "--hyperparams",
-        nargs="+",
-        default=[],
-        metavar="KEY:VALUE",
-        help="further distillation options of the SD spec, e.g. teacher_mode:lagged teacher_update_unit:gradient_steps",
+    add_hyperparams(
+        sd, "further distillation options of the SD spec, e.g. teacher_mode:lagged teacher_update_unit:gradient_steps"
     )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON")
     parser.set_defaults(func=run_throughput_command)

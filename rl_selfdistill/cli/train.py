@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rl_selfdistill.cli.common import add_command, add_gym_packages, key_values
+from rl_selfdistill.cli.common import add_command, add_gym_packages, add_hyperparams, key_values
 from rl_selfdistill.errors import UsageError
 
 HELP = "Train one agent from a preset (agents/<algo>.yaml), tracked in W&B and resumable."
@@ -47,9 +47,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="put the replay buffer of off-policy algorithms into every checkpoint (exact resume; GBs for Atari)",
     )
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its newest complete checkpoint")
-    parser.add_argument(
-        "-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="override preset keys, e.g. n_steps:256"
-    )
+    add_hyperparams(parser, "override preset keys, e.g. n_steps:256")
     parser.add_argument(
         "--env-kwargs", nargs="+", default=[], metavar="KEY:VALUE", help="keyword arguments of the env, over the preset's"
     )
