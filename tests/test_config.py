@@ -273,3 +273,33 @@ def test_presets_and_constructors_refuse_the_same_values_with_the_same_message(k
     with pytest.raises(UsageError) as from_constructor:
         SelfDistillPPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, **{key: bad})
     assert str(from_preset.value) == str(from_constructor.value)
+
+
+def test_new_distillation_options_go_from_params_to_the_model():
+    """Every DistillConfig key is a preset / -params key: parsed, validated and passed to the constructor."""
+    from rl_selfdistill import SelfDistillPPO
+
+    overrides = cfg.parse_params(
+        [
+            "teacher_mode:lagged",
+            "teacher_update_unit:gradient_steps",
+            "teacher_update_interval:3",
+            "distill_coef_mode:relative",
+            "distill_gaussian:mean_kl",
+            "distill_value_coef:0.5",
+            "distill_gate:true",
+        ]
+    )
+    hyperparams = cfg.resolve_hyperparams("sd_ppo", "Pendulum-v1", overrides)
+    kwargs = {key: value for key, value in cfg.model_kwargs(hyperparams).items() if key in DistillConfig.names()}
+    model = SelfDistillPPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, **kwargs)
+    config = model.distill_config
+    assert (config.teacher_mode, config.teacher_update_unit, config.teacher_update_interval) == ("lagged", "gradient_steps", 3)
+    assert (config.distill_coef_mode, config.distill_gaussian, config.distill_value_coef, config.distill_gate) == (
+        "relative",
+        "mean_kl",
+        0.5,
+        True,
+    )
+    with pytest.raises(UsageError, match="lags by gradient steps or phases"):
+        cfg.resolve_hyperparams("sd_ppo", "CartPole-v1", {"teacher_mode": "lagged"})
