@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,21 +123,32 @@ class Distiller:
         return max(0.0, 1.0 - elapsed / self.config.reset_anneal_steps)
 
     def phase_coef(
-        self, progress_remaining: float, num_timesteps: int, lr_fraction: float, student_return: float | None
+        self,
+        progress_remaining: float,
+        num_timesteps: int,
+        lr_fraction: Callable[[], float],
+        student_return: Callable[[], float | None],
     ) -> float:
-        """The weight of the distillation term for one update phase (logged as distill/coef)."""
+        """The weight of the distillation term for one update phase (logged as distill/coef).
+
+        `lr_fraction` and `student_return` are called only when their option is on: a DQN phase can be a single
+        gradient step, so the common case must cost next to nothing.
+        """
         config = self.config
-        factors = {"base": self.coefficient.value(progress_remaining)}
+        coef = self.coefficient.value(progress_remaining)
+        factors: dict[str, float] = {}
         if config.distill_coef_mode == "relative":
             factors["relative"] = self.relative_factor()
         if config.distill_lr_scaled:
-            factors["lr"] = lr_fraction
+            factors["lr"] = lr_fraction()
         if config.distill_gate:
-            factors["gate"] = self.gate_factor(student_return)
+            factors["gate"] = self.gate_factor(student_return())
         if config.teacher_mode == "reset":
             factors["reset_anneal"] = self.reset_anneal_factor(num_timesteps)
         self.last_factors = factors
-        return float(np.prod(list(factors.values())))
+        for factor in factors.values():
+            coef *= factor
+        return float(coef)
 
     # ------------------------------------------------------------------ end of a phase
 
@@ -151,8 +162,7 @@ class Distiller:
             logger.record("distill/teacher_age", num_timesteps - self.teacher.last_update_step)
         logger.record("distill/coef", phase.coef)
         for name, value in self.last_factors.items():
-            if name != "base":
-                logger.record(f"distill/coef_{name}", value)
+            logger.record(f"distill/coef_{name}", value)
         if not phase.kls:
             return
         kls, distill_losses, rl_losses = _means(phase.kls), _means(phase.distill_losses), phase.rl_losses

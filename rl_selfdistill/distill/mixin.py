@@ -30,6 +30,9 @@ __all__ = ["PhaseRecord", "SelfDistillMixin"]
 
 # States in the fixed reference batch of the diagnostics (policy churn, student vs teacher entropy / std).
 REFERENCE_BATCH_SIZE = 256
+# The diagnostics are measured at a log line once at least this many env steps passed since the last measurement:
+# a DQN with many envs writes a log line every few steps.
+DIAGNOSTICS_EVERY_STEPS = 2048
 
 
 def _distill_parameters() -> list[inspect.Parameter]:
@@ -82,7 +85,7 @@ class SelfDistillMixin:
 
     def _excluded_save_params(self) -> list[str]:
         # The diagnostics' reference batch is rebuilt after a load (it only feeds distill/churn).
-        return [*super()._excluded_save_params(), "_reference_obs", "_reference_greedy"]  # type: ignore[misc]
+        return [*super()._excluded_save_params(), "_reference_obs", "_reference_greedy", "_diagnostics_step"]  # type: ignore[misc]
 
     # ------------------------------------------------------------------ what the algorithm class provides
 
@@ -160,8 +163,11 @@ class SelfDistillMixin:
 
     def _start_distill_phase(self, observations: Any = None, raw_observations: Any = None) -> PhaseRecord:
         progress = self._current_progress_remaining  # type: ignore[attr-defined]
-        lr_fraction = self.lr_schedule(progress) / self.lr_schedule(1.0)  # type: ignore[attr-defined]
-        coef = self.distiller.phase_coef(progress, self.num_timesteps, lr_fraction, self._recent_return())  # type: ignore[attr-defined]
+
+        def lr_fraction() -> float:
+            return self.lr_schedule(progress) / self.lr_schedule(1.0)  # type: ignore[attr-defined]
+
+        coef = self.distiller.phase_coef(progress, self.num_timesteps, lr_fraction, self._recent_return)  # type: ignore[attr-defined]
         if observations is None:
             n_rows = 0
         else:
@@ -175,20 +181,28 @@ class SelfDistillMixin:
             n_rows=n_rows,
         )
 
-    def _end_distill_phase(self, phase: PhaseRecord, reference: Any = None) -> None:
+    def _end_distill_phase(self, phase: PhaseRecord) -> None:
         self.distiller.end_phase(self.logger, phase, self.num_timesteps)  # type: ignore[attr-defined]
-        self._log_diagnostics(phase.observations if reference is None else reference)
+        if getattr(self, "_reference_obs", None) is None and phase.observations is not None:
+            self._reference_obs = _first_rows(phase.observations, REFERENCE_BATCH_SIZE, self.device)  # type: ignore[attr-defined]
+            self._reference_greedy = None
 
     # ------------------------------------------------------------------ diagnostics
 
+    def dump_logs(self, *args: Any, **kwargs: Any) -> None:
+        # Measured at log lines, at most every DIAGNOSTICS_EVERY_STEPS env steps, not per phase: a DQN phase can be
+        # one gradient step, and two forward passes on the reference batch would then double its cost.
+        last = getattr(self, "_diagnostics_step", None)
+        if self.distiller.enabled and (last is None or self.num_timesteps - last >= DIAGNOSTICS_EVERY_STEPS):  # type: ignore[attr-defined]
+            self._log_diagnostics()
+        super().dump_logs(*args, **kwargs)  # type: ignore[misc]
+
     @th.no_grad()
-    def _log_diagnostics(self, observations: Any) -> None:
+    def _log_diagnostics(self) -> None:
         """Policy churn and the student's entropy / std beside the teacher's, on a fixed reference batch."""
         if getattr(self, "_reference_obs", None) is None:
-            if observations is None:
-                return
-            self._reference_obs = _first_rows(observations, REFERENCE_BATCH_SIZE, self.device)  # type: ignore[attr-defined]
-            self._reference_greedy = None
+            return
+        self._diagnostics_step = self.num_timesteps  # type: ignore[attr-defined]
         student = self._reference_outputs(self._student_network(), self._reference_obs)
         self._log_spread("student", student)
         members = self.distiller.teacher.active_members()
@@ -197,7 +211,7 @@ class SelfDistillMixin:
         if self._is_discrete_output():
             greedy = student.argmax(dim=-1)
             previous = getattr(self, "_reference_greedy", None)
-            if previous is not None:
+            if previous is not None:  # the fraction of greedy actions that changed since the previous log line
                 self.logger.record("distill/churn", (greedy != previous).float().mean().item())  # type: ignore[attr-defined]
             self._reference_greedy = greedy
 
@@ -208,7 +222,8 @@ class SelfDistillMixin:
 
     def _log_spread(self, who: str, outputs: th.Tensor) -> None:
         if self._is_discrete_output():
-            entropy = th.distributions.Categorical(logits=outputs / self.distiller.temperature).entropy().mean()
+            log_p = th.log_softmax(outputs / self.distiller.temperature, dim=-1)
+            entropy = -(log_p.exp() * log_p).sum(dim=-1).mean()
             self.logger.record(f"distill/{who}_entropy", entropy.item())  # type: ignore[attr-defined]
         elif outputs.shape[-1] % 2 == 0 and hasattr(self.policy, "log_std"):  # type: ignore[attr-defined]
             log_std = outputs.chunk(2, dim=-1)[1]
