@@ -210,7 +210,7 @@ def test_base_chain_and_conf_file(tmp_path: Path):
     resolved = cfg.load_preset("sd_ppo", "CartPole-v1", conf_file=custom)
     assert resolved["distill_coef"] == 0.1 and resolved["n_epochs"] == 3 and resolved["teacher_update_interval"] == 1024
     with pytest.raises(UsageError, match="must name another preset"):
-        cfg.load_preset("ppo", "CartPole-v1", conf_file=_write(tmp_path / "other.yaml", "base: a2c\n"))
+        cfg.load_preset("ppo", "CartPole-v1", conf_file=_write(tmp_path / "other.yaml", "base: ddpg\n"))
 
 
 def _write(path: Path, text: str) -> Path:
@@ -234,8 +234,8 @@ def test_bad_preset_files(tmp_path: Path, text, message):
 
 
 def test_unknown_algo_and_env():
-    with pytest.raises(UsageError, match="unknown algorithm 'a2c'; choose one of ppo, sd_ppo, dqn, sd_dqn"):
-        cfg.resolve_hyperparams("a2c", "CartPole-v1")
+    with pytest.raises(UsageError, match="unknown algorithm 'ddpg'; choose one of ppo, sd_ppo, dqn, sd_dqn, a2c, sd_a2c"):
+        cfg.resolve_hyperparams("ddpg", "CartPole-v1")
     with pytest.raises(UsageError, match="CartPole-v1"):
         cfg.resolve_hyperparams("ppo", "CartPole-v9")
 

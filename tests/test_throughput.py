@@ -64,7 +64,7 @@ def test_spec_parsing():
     assert AlgoSpec.parse("sd_ppo@envpool") == AlgoSpec("sd_ppo", "envpool")
     assert AlgoSpec.parse("dqn").label == "dqn@dummy"
     with pytest.raises(UsageError, match="unknown algo"):
-        AlgoSpec.parse("a2c")
+        AlgoSpec.parse("ddpg")
 
 
 def test_a_and_b_share_every_hyperparameter_but_the_distillation_keys():

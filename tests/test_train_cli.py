@@ -259,7 +259,7 @@ def _fake_run(run_dir: Path, *, status: str) -> Path:
 
 
 BAD_INVOCATIONS = [
-    (["train", "--algo", "a2c", "--env", "CartPole-v1"], "unknown algorithm 'a2c'"),
+    (["train", "--algo", "ddpg", "--env", "CartPole-v1"], "unknown algorithm 'ddpg'"),
     (["train", "--algo", "ppo", "--env", "CartPol-v1"], "unknown env id 'CartPol-v1'"),
     (["train", "--algo", "ppo", "--env", "CartPole-v1", "-params", "n_step:64"], "unknown key 'n_step'"),
     (["train", "--algo", "ppo", "--env", "CartPole-v1", "-params", "n_steps:abc"], "expected an integer >= 1"),

@@ -10,12 +10,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rl_selfdistill.algos.a2c import SelfDistillA2C
     from rl_selfdistill.algos.dqn import SelfDistillDQN
     from rl_selfdistill.algos.ppo import SelfDistillPPO
 
-__all__ = ["SelfDistillDQN", "SelfDistillPPO"]
+__all__ = ["SelfDistillA2C", "SelfDistillDQN", "SelfDistillPPO"]
 
-_LAZY = {"SelfDistillPPO": "rl_selfdistill.algos.ppo", "SelfDistillDQN": "rl_selfdistill.algos.dqn"}
+_LAZY = {
+    "SelfDistillPPO": "rl_selfdistill.algos.ppo",
+    "SelfDistillDQN": "rl_selfdistill.algos.dqn",
+    "SelfDistillA2C": "rl_selfdistill.algos.a2c",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ off-policy model learning has started.
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
@@ -196,16 +197,19 @@ def algo_kwargs(spec: AlgoSpec, settings: ThroughputSettings) -> dict[str, Any]:
     """Constructor arguments; A and B get the same ones except the SD-only keys."""
     common: dict[str, Any] = {"seed": settings.seed, "device": settings.device, "verbose": 0}
     if spec.on_policy:
-        common.update(n_steps=settings.n_steps, n_epochs=settings.n_epochs, batch_size=settings.batch_size)
+        family = {"n_steps": settings.n_steps, "n_epochs": settings.n_epochs, "batch_size": settings.batch_size}
     else:
-        common.update(
-            train_freq=settings.train_freq,
-            gradient_steps=settings.gradient_steps,
-            learning_starts=settings.learning_starts,
-            buffer_size=settings.buffer_size,
-            batch_size=settings.batch_size,
-            target_update_interval=settings.target_update_interval,
-        )
+        family = {
+            "train_freq": settings.train_freq,
+            "gradient_steps": settings.gradient_steps,
+            "learning_starts": settings.learning_starts,
+            "buffer_size": settings.buffer_size,
+            "batch_size": settings.batch_size,
+            "target_update_interval": settings.target_update_interval,
+        }
+    # Only the settings the class takes: A2C has no epochs or minibatches (one step on the whole rollout).
+    accepted = inspect.signature(registry.algo_class(spec.algo)).parameters
+    common.update({key: value for key, value in family.items() if key in accepted})
     if spec.is_sd:
         common.update(distill_coef=settings.distill_coef, teacher_update_interval=settings.teacher_update_interval)
         common.update(settings.sd_params)

@@ -71,6 +71,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "target_update_interval": (1, None, False),
     "stats_window_size": (1, None, False),
     "sde_sample_freq": (-1, None, False),
+    "rms_prop_eps": (0.0, None, True),
 }
 
 SCALARS: dict[str, type] = {"int": int, "float": float, "bool": bool}

@@ -53,8 +53,11 @@ class SelfDistillMixin:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # The SB3 parent's parameters followed by the distillation keywords, as one flat signature.
-        sb3_parent = next(klass for klass in cls.__mro__ if klass.__module__.startswith("stable_baselines3"))
+        # The SB3 parent's parameters followed by the distillation keywords, as one flat signature. A shared
+        # intermediate mixin (algos/on_policy.py) has no SB3 parent yet: its subclasses get the signature.
+        sb3_parent = next((klass for klass in cls.__mro__ if klass.__module__.startswith("stable_baselines3")), None)
+        if sb3_parent is None:
+            return
         parent = inspect.signature(sb3_parent.__init__)
         own = [p for p in list(parent.parameters.values())[1:] if p.kind is not inspect.Parameter.VAR_KEYWORD]  # no self
         cls.__signature__ = parent.replace(parameters=[*own, *_distill_parameters()])  # type: ignore[attr-defined]
