@@ -41,6 +41,8 @@ def not_installed_prelude(packages: set[str]) -> str:
 # ----------------------------------------------------------------------------- tiny algorithm settings
 
 PPO_TINY = {"n_steps": 64, "batch_size": 32, "n_epochs": 2, "device": "cpu", "policy_kwargs": {"net_arch": [32, 32]}}
+# A2C steps once per rollout of n_envs x n_steps samples (no epochs, no minibatches).
+A2C_TINY = {"n_steps": 8, "device": "cpu", "policy_kwargs": {"net_arch": [32, 32]}}
 DQN_TINY = {
     "learning_starts": 100,
     "train_freq": 4,
