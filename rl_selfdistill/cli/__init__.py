@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"rl-selfdistill {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        from rl_selfdistill.run.interrupts import RunInterrupted
+
         print("interrupted", file=sys.stderr)
-        return 130
+        # A run stopped by SIGTERM inside another command (benchmark, tune) reports it like a shell: 143.
+        return stop.exit_status if isinstance(stop, RunInterrupted) else 130

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,9 @@ def request_from_args(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from rl_selfdistill.run import prepare_resume, prepare_run
+    from rl_selfdistill.run.interrupts import RunInterrupted
     from rl_selfdistill.run.request import import_gym_packages
+    from rl_selfdistill.run.rundir import PROGRAM, format_command
 
     import_gym_packages(args.gym_packages)  # before --algo and --env are looked up
     if args.resume is not None:
@@ -132,10 +135,15 @@ def run(args: argparse.Namespace) -> int:
         training = prepare_resume(args.resume)
     else:
         training = prepare_run(request_from_args(args))
-    with training:
-        training.train()
-        if training.options.get("video"):
-            _record_final_video(training)
+    try:
+        with training:
+            training.train()
+            if training.options.get("video"):
+                _record_final_video(training)
+    except RunInterrupted as stop:
+        resume = format_command([PROGRAM, "train", "--resume", stop.run_dir])
+        print(f"{stop.signal_name}: stopped at step {stop.steps} with a checkpoint; continue with: {resume}", file=sys.stderr)
+        return stop.exit_status
     print(f"finished: {training.run_dir}")
     return 0
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_selfdistill.errors import UsageError
+from rl_selfdistill.run.interrupts import sigint_ignored_by_env_workers
 
 # Offset between the training and evaluation env seeds, so the two never replay the same episodes.
 EVAL_SEED_OFFSET = 10_000
@@ -68,7 +69,8 @@ def build_envs(config: dict[str, Any], *, seed: int, vecnormalize_path: Path | N
     from stable_baselines3.common.vec_env import VecNormalize
 
     hyperparams, options = config["hyperparams"], config["options"]
-    env = make_env(config["env_id"], hyperparams, n_envs=hyperparams["n_envs"], backend=options["vec_env"], seed=seed)
+    with sigint_ignored_by_env_workers():  # Ctrl-C reaches the workers too; the run must finish its rollout
+        env = make_env(config["env_id"], hyperparams, n_envs=hyperparams["n_envs"], backend=options["vec_env"], seed=seed)
     # The eval env is a DummyVecEnv so that it can render; --n-eval-envs runs several episodes side by side.
     n_eval_envs = int(options.get("n_eval_envs") or 1)
     eval_env = make_env(config["env_id"], hyperparams, n_envs=n_eval_envs, backend="dummy", seed=seed + EVAL_SEED_OFFSET)

@@ -1,4 +1,4 @@
-"""The SB3 callbacks of a training run: checkpoints, evaluation records and the progress bar."""
+"""The SB3 callbacks of a training run: checkpoints, graceful stops, evaluation records and the progress bar."""
 
 from __future__ import annotations
 
@@ -42,6 +42,30 @@ class CheckpointCallback(BaseCallback):
         if self.save_freq > 0 and self.model.num_timesteps >= self.next_save:
             self.save()
             self.next_save = self._next_multiple()
+
+    def _on_step(self) -> bool:
+        return True
+
+
+class StopRequested(Exception):
+    """Raised by `StopAtRolloutStart` to leave `learn()` at a rollout start."""
+
+
+class StopAtRolloutStart(BaseCallback):
+    """Leaves `learn()` at the first rollout start after `requested()` became true, by raising `StopRequested`.
+
+    The same point as CheckpointCallback's: the update in progress is complete and no step of the next rollout
+    has been taken, so a checkpoint written there resumes exactly like a periodic one (and PPO's budget stays a
+    whole number of rollouts). The wait is at most one rollout and its update.
+    """
+
+    def __init__(self, requested: Callable[[], bool]) -> None:
+        super().__init__()
+        self.requested = requested
+
+    def _on_rollout_start(self) -> None:
+        if self.requested():
+            raise StopRequested
 
     def _on_step(self) -> bool:
         return True

@@ -4,6 +4,7 @@
       config.yaml      fully resolved configuration (algo, env id, seed, hyperparams, options, provenance)
       command.txt      the command line, one more line per resume
       run.json         status for schedulers and reports; replaced atomically
+      run.lock         flock held by the process running or resuming the run: its PID and host (see run.lock)
       progress.csv     SB3's CSV log; tb/ TensorBoard; wandb/ W&B files
       eval.csv         one row per evaluation; evaluations.npz SB3's per-episode evaluation arrays
       model.zip, vecnormalize.pkl, best_model.zip, best_vecnormalize.pkl
@@ -28,6 +29,7 @@ from typing import Any
 from rl_selfdistill.errors import UsageError
 
 RUN_STATE = "run.json"
+LOCK = "run.lock"
 CONFIG = "config.yaml"
 COMMAND = "command.txt"
 PROGRESS_CSV = "progress.csv"

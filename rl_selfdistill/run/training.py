@@ -1,9 +1,13 @@
 """One training run from start to finish: `run_training`, `resume_training` and the `TrainingRun` they drive.
 
-with prepare_run(request) as run:      # run directory written, W&B and the SB3 logger started
+run = prepare_run(request)             # run directory written and locked (run.lock) for this process
+with run:                              # SIGINT/SIGTERM handled, W&B and the SB3 logger started
     run.train()                        # learn to the budget, save model.zip, status "finished"
     ...                                # the caller may still use run.model (e.g. record a video)
-                                       # leaving the block closes the logger and the W&B run
+                                       # leaving the block closes the logger and the W&B run, frees the lock
+
+A first SIGINT or SIGTERM during `train()` ends it after the current env step: a checkpoint is written,
+run.json says "interrupted" and `RunInterrupted` is raised. A second one exits the process at once.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 
 import rl_selfdistill.run.rundir as rundir
 from rl_selfdistill.errors import UsageError
+from rl_selfdistill.run.interrupts import GracefulStop, RunInterrupted
+from rl_selfdistill.run.lock import RunLock, acquire
 from rl_selfdistill.run.request import TrainRequest, check_device, import_gym_packages, resolve_config, with_provenance
 
 
@@ -35,6 +41,8 @@ class TrainingRun:
     extra_tags: list[str] = field(default_factory=list)
     eval_history: dict[str, Any] = field(default_factory=dict)
     wandb_run: Any = None
+    lock: RunLock | None = None
+    stop: GracefulStop = field(default_factory=GracefulStop)
     _clock_start: float = field(default_factory=time.monotonic)
     _clock_base: float = 0.0
 
@@ -61,10 +69,11 @@ class TrainingRun:
         self.update_state()
 
     def __enter__(self) -> TrainingRun:
-        self._start_tracking()
+        self.stop.install()
         try:
+            self._start_tracking()
             self.update_state(status="running")
-        except BaseException as error:  # the W&B run and the logger are open: close them before passing it on
+        except BaseException as error:  # handlers, the W&B run, the logger and the lock: undo before passing it on
             self.__exit__(type(error), error, error.__traceback__)
             raise
         return self
@@ -72,18 +81,42 @@ class TrainingRun:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         from rl_selfdistill import tracking
 
-        self.model.logger.close()
-        tracking.finish_wandb(self.wandb_run, exit_code=0 if kind is None else 1)
+        try:
+            self.model.logger.close()
+            tracking.finish_wandb(self.wandb_run, exit_code=0 if kind is None else 1)
+        finally:
+            self.stop.restore()
+            if self.lock is not None:
+                self.lock.release()
 
     def train(self) -> None:
         """Learn the rest of the budget, then save model.zip and mark the run finished."""
         total = int(self.config["hyperparams"]["n_timesteps"])
         remaining = max(total - int(self.model.num_timesteps), 0)
         # SB3 adds num_timesteps to the budget when reset_num_timesteps=False (issue #1277): pass what is left.
-        self.model.learn(remaining, callback=self._callbacks(), reset_num_timesteps=not self.resumed)
+        from rl_selfdistill.run.callbacks import StopRequested
+
+        try:
+            self.model.learn(remaining, callback=self._callbacks(), reset_num_timesteps=not self.resumed)
+        except StopRequested:
+            pass
+        except Exception:
+            # A SIGTERM sent to the whole process group also ends subprocess env workers, and the env step under
+            # way fails. The learner's own state is whole (updates happen between steps): checkpoint it.
+            if not self.stop.requested:
+                raise
+        if self.stop.requested and self.model.num_timesteps < total:
+            self._stop_on_signal()
         if self.model._total_timesteps != total:
             raise RuntimeError(f"schedule horizon is {self.model._total_timesteps}, expected {total}")
         self._save_final_model()
+
+    def _stop_on_signal(self) -> None:
+        """Checkpoint (whatever --save-freq says: otherwise all work since the last one is lost), mark, raise."""
+        assert self.stop.signum is not None
+        self.checkpoint()
+        self.update_state(status="interrupted", interrupted_at=rundir.utc_now())
+        raise RunInterrupted(self.stop.signum, str(self.run_dir), int(self.model.num_timesteps))
 
     def log_video(self, video: Path) -> None:
         """Attach an MP4 of this run's agent to its W&B run (no-op without one)."""
@@ -99,7 +132,10 @@ class TrainingRun:
         from rl_selfdistill.envs.continual import ContinualLevelCallback, is_continual
         from rl_selfdistill.run.build import evaluates_deterministically
 
-        chosen: list[Any] = [callbacks.CheckpointCallback(self.checkpoint, self.options["save_freq"])]
+        chosen: list[Any] = [
+            callbacks.StopAtRolloutStart(lambda: self.stop.requested),
+            callbacks.CheckpointCallback(self.checkpoint, self.options["save_freq"]),
+        ]
         n_envs = self.config["hyperparams"]["n_envs"]
         if is_continual(self.config["env_id"]):
             # Before the EvalCallback: evaluations measure the level being learnt, and a resume keeps the schedule.
@@ -172,29 +208,50 @@ def prepare_run(request: TrainRequest, *, callbacks: list[Any] | None = None) ->
         run_dir = rundir.claim_run_dir(request.run_dir)
     else:
         run_dir = rundir.allocate_run_dir(request.log_folder, request.algo, request.env_id)
-    rundir.write_config(run_dir, config)
-    (run_dir / rundir.COMMAND).write_text((request.command or rundir.invoked_command()) + "\n")
-    rundir.start_eval_csv(run_dir)
-    state = rundir.initial_run_state(config)
-    rundir.write_run_state(run_dir, state)
-    return TrainingRun(config, run_dir, model, eval_env, state, extra_callbacks=list(callbacks or []))
+    lock = acquire(run_dir)
+    try:
+        rundir.write_config(run_dir, config)
+        (run_dir / rundir.COMMAND).write_text((request.command or rundir.invoked_command()) + "\n")
+        rundir.start_eval_csv(run_dir)
+        state = rundir.initial_run_state(config)
+        rundir.write_run_state(run_dir, state)
+    except BaseException:
+        lock.release()
+        raise
+    return TrainingRun(config, run_dir, model, eval_env, state, extra_callbacks=list(callbacks or []), lock=lock)
 
 
 def prepare_resume(run_dir: Path, *, callbacks: list[Any] | None = None, extra_tags: list[str] | None = None) -> TrainingRun:
-    """The run in `run_dir` restored from its newest complete checkpoint (or restarted if it has none)."""
-    from rl_selfdistill.run.build import build_envs, build_model
-    from rl_selfdistill.run.checkpoints import list_checkpoints, load_checkpoint
+    """The run in `run_dir` restored from its newest complete checkpoint (or restarted if it has none).
 
+    The run directory is locked first: nothing in it is read or rewound while another process runs it.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"--resume {str(run_dir)!r}: no such run directory; pass a folder like logs/sd_ppo/CartPole-v1_1")
+    # Checked before the lock too, so that resuming a folder that is no run, or a finished run, leaves it untouched.
+    rundir.read_raw_config(run_dir)
+    _refuse_finished(run_dir, rundir.read_run_info(run_dir) or {})
+    lock = acquire(run_dir)
+    try:
+        run = _restore(run_dir, callbacks=callbacks, extra_tags=extra_tags)
+    except BaseException:
+        lock.release()
+        raise
+    run.lock = lock
+    return run
+
+
+def _restore(run_dir: Path, *, callbacks: list[Any] | None, extra_tags: list[str] | None) -> TrainingRun:
+    from rl_selfdistill.run.build import build_envs, build_model
+    from rl_selfdistill.run.checkpoints import list_checkpoints, load_checkpoint
+
     # Custom envs and algorithms must be registered before the config is validated against them.
     import_gym_packages(list(rundir.read_raw_config(run_dir)["options"].get("gym_packages") or []))
     config = rundir.read_config(run_dir)
     # A run killed between writing config.yaml and run.json has no state yet: it starts over.
     state = rundir.read_run_state(run_dir) if (run_dir / rundir.RUN_STATE).exists() else rundir.initial_run_state(config)
-    if state["status"] == "finished":
-        raise UsageError(f"run {str(run_dir)!r} already finished its budget; start a new run instead of --resume")
+    _refuse_finished(run_dir, state)
     check_device(config["options"]["device"])
     checkpoints = list_checkpoints(run_dir)
     if checkpoints:
@@ -222,6 +279,11 @@ def prepare_resume(run_dir: Path, *, callbacks: list[Any] | None = None, extra_t
     return run
 
 
+def _refuse_finished(run_dir: Path, state: dict[str, Any]) -> None:
+    if state.get("status") == "finished":
+        raise UsageError(f"run {str(run_dir)!r} already finished its budget; start a new run instead of --resume")
+
+
 def _say_if_replay_buffer_restarts(config: dict[str, Any], checkpoint: Path) -> None:
     from rl_selfdistill.algos import registry
     from rl_selfdistill.run.checkpoints import has_replay_buffer
@@ -236,7 +298,10 @@ def _say_if_replay_buffer_restarts(config: dict[str, Any], checkpoint: Path) -> 
 
 
 def run_training(request: TrainRequest, *, callbacks: list[Any] | None = None) -> Path:
-    """Train one run from scratch; returns its run directory. `callbacks` are extra SB3 callbacks (not recorded)."""
+    """Train one run from scratch; returns its run directory. `callbacks` are extra SB3 callbacks (not recorded).
+
+    Raises `RunLocked` when another process holds the run directory, `RunInterrupted` after a graceful stop.
+    """
     with prepare_run(request, callbacks=callbacks) as run:
         run.train()
     return run.run_dir
