@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
+from stable_baselines3.common.save_util import load_from_zip_file
 from torch import nn
 
 from rl_selfdistill.distill.config import DistillConfig
@@ -28,6 +29,8 @@ from rl_selfdistill.distill.distiller import Distiller, PhaseRecord
 
 __all__ = ["PhaseRecord", "SelfDistillMixin"]
 
+# The name of the teacher networks' state dict in get_parameters() and in saved files.
+TEACHER_STATE = "teacher_networks"
 # States in the fixed reference batch of the diagnostics (policy churn, student vs teacher entropy / std).
 REFERENCE_BATCH_SIZE = 256
 # The diagnostics are measured at a log line once at least this many env steps passed since the last measurement:
@@ -84,11 +87,27 @@ class SelfDistillMixin:
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts, variables = super()._get_torch_save_params()  # type: ignore[misc]
-        return [*state_dicts, "teacher_networks"], variables
+        # Only once a teacher copy exists: before that, get_parameters() has exactly the SB3 parent's structure
+        # (generic code that walks the parameter dicts breaks on an empty one). A load builds as many copies as
+        # were saved before it reads the state dicts, so a saved teacher is always expected and restored.
+        if len(self.teacher_networks) > 0:
+            state_dicts = [*state_dicts, TEACHER_STATE]
+        return state_dicts, variables
 
     def _excluded_save_params(self) -> list[str]:
+        # The teacher networks are saved as a state dict or not at all, never pickled.
         # The diagnostics' reference batch is rebuilt after a load (it only feeds distill/churn).
-        return [*super()._excluded_save_params(), "_reference_obs", "_reference_greedy", "_diagnostics_step"]  # type: ignore[misc]
+        excluded = [TEACHER_STATE, "_reference_obs", "_reference_greedy", "_diagnostics_step"]
+        return [*super()._excluded_save_params(), *excluded]  # type: ignore[misc]
+
+    def set_parameters(self, load_path_or_dict: Any, exact_match: bool = True, device: th.device | str = "auto") -> None:
+        params = load_path_or_dict
+        if not isinstance(params, dict):
+            _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
+        if TEACHER_STATE in params and not params[TEACHER_STATE] and len(self.teacher_networks) == 0:
+            # Files saved by earlier versions before the first refresh hold an empty teacher state dict.
+            params = {name: value for name, value in params.items() if name != TEACHER_STATE}
+        super().set_parameters(params, exact_match=exact_match, device=device)  # type: ignore[misc]
 
     # ------------------------------------------------------------------ what the algorithm class provides
 
