@@ -22,16 +22,56 @@ DEFAULT_MAX_FRAMES = 1000
 
 @dataclass
 class Agent:
-    """Where a trained agent's pieces are: its run config, weights and VecNormalize statistics."""
+    """Where a trained agent's pieces are: its run config, weights and VecNormalize statistics.
+
+    `kind` says which of the run's models it is: "final model", "best model", "newest checkpoint, the run has
+    not finished" or "given file".
+    """
 
     config: dict[str, Any]
     run_dir: Path
     model_path: Path
     vecnormalize_path: Path | None
+    kind: str = "given file"
+
+
+@dataclass
+class Evaluation:
+    """What was scored (which file, at which step, how actions were chosen) and the raw episode returns."""
+
+    agent: Agent
+    steps: int
+    deterministic: bool
+    returns: list[float]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.returns))
+
+    def describe(self) -> str:
+        actions = "deterministic (greedy) actions" if self.deterministic else "stochastic (sampled) actions"
+        return f"{self.agent.model_path} ({self.agent.kind}, step {self.steps}), {actions}"
+
+
+def _existing(stats: Path) -> Path | None:
+    return stats if stats.exists() else None
+
+
+def check_episodes(episodes: int) -> None:
+    if episodes < 1:
+        raise UsageError(f"--episodes must be >= 1, got {episodes}")
 
 
 def locate_agent(source: Path, *, best: bool = False) -> Agent:
-    """Resolve RUN_DIR (final, best or newest checkpointed model) or a model .zip inside a run directory."""
+    """Resolve RUN_DIR (final, best or newest checkpointed model) or a model .zip inside a run directory.
+
+    Never silently another model than asked for: `best` without a best_model.zip is an error, and a run
+    without a final model gives its newest checkpoint with a `kind` that says so.
+    """
     from rl_selfdistill.run.checkpoints import list_checkpoints
 
     source = Path(source)
@@ -44,14 +84,24 @@ def locate_agent(source: Path, *, best: bool = False) -> Agent:
     if source.is_file():
         if source.suffix != ".zip":
             raise UsageError(f"{str(source)!r} is not a model .zip; pass a run directory or a .zip saved by training")
+        if best:
+            raise UsageError(f"--best picks a model in a run directory, but {str(source)!r} is a file; drop one of them")
         stats = source.with_name(rundir.BEST_VECNORMALIZE if source.name == rundir.BEST_MODEL else rundir.VECNORMALIZE)
-        return Agent(config, run_dir, source, stats if stats.exists() else None)
-    candidates = [(run_dir / rundir.BEST_MODEL, run_dir / rundir.BEST_VECNORMALIZE)] if best else []
-    candidates.append((run_dir / rundir.MODEL, run_dir / rundir.VECNORMALIZE))
-    candidates.extend((ckpt / rundir.MODEL, ckpt / rundir.VECNORMALIZE) for ckpt in reversed(list_checkpoints(run_dir)))
-    for model_path, stats in candidates:
-        if model_path.is_file():
-            return Agent(config, run_dir, model_path, stats if stats.exists() else None)
+        return Agent(config, run_dir, source, _existing(stats))
+    if best:
+        if not (run_dir / rundir.BEST_MODEL).is_file():
+            raise UsageError(
+                f"run {str(run_dir)!r} has no {rundir.BEST_MODEL} (written by the evaluations during training, "
+                "and this run has had none); drop --best to score its final model or newest checkpoint"
+            )
+        return Agent(config, run_dir, run_dir / rundir.BEST_MODEL, _existing(run_dir / rundir.BEST_VECNORMALIZE), "best model")
+    if (run_dir / rundir.MODEL).is_file():
+        return Agent(config, run_dir, run_dir / rundir.MODEL, _existing(run_dir / rundir.VECNORMALIZE), "final model")
+    checkpoints = list_checkpoints(run_dir)
+    if checkpoints:
+        newest = checkpoints[-1]
+        stats = _existing(newest / rundir.VECNORMALIZE)
+        return Agent(config, run_dir, newest / rundir.MODEL, stats, "newest checkpoint, the run has not finished")
     raise UsageError(f"run {str(run_dir)!r} has no model.zip and no complete checkpoint yet; train or --resume it first")
 
 
@@ -77,27 +127,20 @@ def _deterministic(config: dict[str, Any], requested: bool | None) -> bool:
     return evaluates_deterministically(config["env_id"]) if requested is None else requested
 
 
-def evaluate_agent(
-    source: Path, *, episodes: int = 10, deterministic: bool | None = None, best: bool = False, seed: int = 0
-) -> tuple[float, float, list[float]]:
-    """Mean and std of the raw episode returns, and the returns themselves."""
+def evaluate_agent(agent: Agent, *, episodes: int = 10, deterministic: bool | None = None, seed: int = 0) -> Evaluation:
+    """The raw episode returns of `agent`, with the step it was saved at and how its actions were chosen."""
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    if episodes < 1:
-        raise UsageError(f"--episodes must be >= 1, got {episodes}")
-    agent = locate_agent(source, best=best)
+    check_episodes(episodes)
     model, env = load_agent(agent, seed=seed)
+    chosen = _deterministic(agent.config, deterministic)
     try:
         returns, _lengths = evaluate_policy(
-            model,
-            env,
-            n_eval_episodes=episodes,
-            deterministic=_deterministic(agent.config, deterministic),
-            return_episode_rewards=True,
+            model, env, n_eval_episodes=episodes, deterministic=chosen, return_episode_rewards=True
         )
     finally:
         env.close()
-    return float(np.mean(returns)), float(np.std(returns)), [float(value) for value in returns]
+    return Evaluation(agent, int(model.num_timesteps), chosen, [float(value) for value in returns])
 
 
 def record_video(

@@ -25,7 +25,9 @@ def register(subparsers: Any) -> None:
         help="greedy actions (default: deterministic, except stochastic for Atari as in the RL Zoo)",
     )
     mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions from the policy")
-    parser.add_argument("--best", action="store_true", help="use best_model.zip (best evaluation during training)")
+    parser.add_argument(
+        "--best", action="store_true", help="use best_model.zip (best evaluation during training); an error if there is none"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation env")
     parser.add_argument("--video", action="store_true", help="also write an MP4 of one episode")
     parser.add_argument("--video-path", type=Path, help="where to write the MP4 (default: RUN_DIR/videos/<model>.mp4)")
@@ -42,12 +44,12 @@ def run(args: argparse.Namespace) -> int:
     import_gym_packages(args.gym_packages)
     if args.video_length < 1:
         raise UsageError(f"--video-length must be >= 1, got {args.video_length}")
-    mean, std, returns = evaluation.evaluate_agent(
-        args.source, episodes=args.episodes, deterministic=args.deterministic, best=args.best, seed=args.seed
-    )
-    print(f"mean_reward={mean:.2f} +/- {std:.2f} over {len(returns)} episodes")
+    evaluation.check_episodes(args.episodes)  # before anything is looked up
+    agent = evaluation.locate_agent(args.source, best=args.best)
+    result = evaluation.evaluate_agent(agent, episodes=args.episodes, deterministic=args.deterministic, seed=args.seed)
+    print(f"scored: {result.describe()}")
+    print(f"mean_reward={result.mean:.2f} +/- {result.std:.2f} over {len(result.returns)} episodes")
     if args.video:
-        agent = evaluation.locate_agent(args.source, best=args.best)
         path = args.video_path or agent.run_dir / rundir.VIDEOS / f"{agent.model_path.stem}.mp4"
         video = evaluation.record_agent_video(
             agent, path, max_frames=args.video_length, deterministic=args.deterministic, seed=args.seed
