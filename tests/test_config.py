@@ -59,7 +59,7 @@ def test_self_distill_presets_reuse_their_base(algo, base, env_id):
 
 
 def test_cartpole_teacher_refreshes_within_a_4096_step_run():
-    for algo in ("sd_ppo", "sd_dqn"):
+    for algo in ("sd_ppo", "sd_dqn", "sd_a2c"):
         assert cfg.resolve_hyperparams(algo, "CartPole-v1")["teacher_update_interval"] <= 4096 // 2
 
 
@@ -77,7 +77,8 @@ def test_schema_keys_are_constructor_arguments(algo):
     missing = [key for key in schema if key not in cfg.META_KEYS and key not in parameters]
     assert not missing, f"{algo}: {missing}"
     # The SB3 keys users set most are derived, not forgotten (DQN's n_steps was missing from a hand-written copy).
-    assert {"learning_rate", "gamma", "batch_size", "n_steps"} <= set(schema)
+    # A2C has no batch_size: one gradient step on the whole rollout.
+    assert {"learning_rate", "gamma", "n_steps"} | ({"batch_size"} & set(parameters)) <= set(schema)
     if registry.is_distilling(algo):
         assert set(DistillConfig.names()) <= set(schema)
 
