@@ -343,3 +343,50 @@ def test_evaluation_history_is_whole_after_a_resume(tmp_path: Path, isolated_hom
         assert after[key].shape == before[key].shape and np.array_equal(after[key][:2], before[key][:2]), key
     eval_steps = [line.split(",")[0] for line in (copy_dir / "eval.csv").read_text().splitlines()[1:]]
     assert eval_steps == ["256", "512", "768", "1024"]
+
+
+def test_resume_applies_and_records_a_larger_budget_and_new_cadences(tmp_path: Path, isolated_home: Path, capsys):
+    from rl_selfdistill.cli import main
+
+    run_dir = run_training(_request("sd_ppo", tmp_path / "run", n_timesteps=1024, save_freq=256))
+    copy_dir = _interrupted_copy(run_dir, tmp_path / "resumed", CHECKPOINT_STEP)
+    changes = ["-n", "2048", "--save-freq", "512", "--eval-freq", "1024", "--device", "cpu", "--wandb-mode", "disabled"]
+    assert main(["train", "--resume", str(copy_dir), *changes]) == 0, capsys.readouterr().err
+
+    state = json.loads((copy_dir / "run.json").read_text())
+    assert state["status"] == "finished" and state["n_timesteps"] == 2048 and state["num_timesteps_done"] == 2048
+    recorded = {"n_timesteps": 2048, "save_freq": 512, "eval_freq": 1024, "device": "cpu", "wandb_mode": "disabled"}
+    assert [(entry["step"], entry["changes"]) for entry in state["resumes"]] == [(CHECKPOINT_STEP, recorded)]
+    config = read_config(copy_dir)
+    assert config["hyperparams"]["n_timesteps"] == 2048
+    assert {key: config["options"][key] for key in ("save_freq", "eval_freq", "device", "wandb_mode")} == {
+        key: value for key, value in recorded.items() if key != "n_timesteps"
+    }
+    last_command = (copy_dir / "command.txt").read_text().splitlines()[-1]
+    assert (
+        "--resume" in last_command
+        and "-n 2048" in last_command
+        and last_command.endswith(f"# resumed at step {CHECKPOINT_STEP}")
+    )
+    # The new cadences applied: checkpoints every 512 steps after the resume (256 before), evaluations at 1024 and 2048.
+    assert [int(path.name.split("_")[1]) for path in list_checkpoints(copy_dir)] == [256, 512, 1024, 1536]
+    assert _evaluations(copy_dir)["timesteps"].tolist() == [1024, 2048]
+
+
+def test_resume_refuses_options_that_would_make_another_run(tmp_path: Path, isolated_home: Path, capsys):
+    from rl_selfdistill.cli import main
+
+    run_dir = run_training(_request("sd_ppo", tmp_path / "run", n_timesteps=1024))
+    copy_dir = _interrupted_copy(run_dir, tmp_path / "resumed", CHECKPOINT_STEP)
+    before = {name: (copy_dir / name).read_bytes() for name in ("config.yaml", "run.json", "command.txt", "progress.csv")}
+
+    capsys.readouterr()
+    refused = ["--seed", "99", "--n-envs", "4", "--no-progress", "-n", "4096", "-params", "n_steps:32"]
+    assert main(["train", "--resume", str(copy_dir), *refused]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "drop --n-envs, --no-progress, --seed, -params" in line and "-n/--n-timesteps" in line, line
+
+    assert main(["train", "--resume", str(copy_dir), "-n", str(CHECKPOINT_STEP)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"is at step {CHECKPOINT_STEP}: a new budget must be larger, got {CHECKPOINT_STEP}" in line
+    assert before == {name: (copy_dir / name).read_bytes() for name in before}

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rl_selfdistill.cli.common import add_command, add_gym_packages, add_hyperparams, key_values
+from rl_selfdistill.cli.common import OneLineErrorParser, add_command, add_gym_packages, add_hyperparams, key_values
 from rl_selfdistill.errors import UsageError
 
 HELP = "Train one agent from a preset (agents/<algo>.yaml), tracked in W&B and resumable."
@@ -83,7 +83,7 @@ def _add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
 def request_from_args(args: argparse.Namespace) -> Any:
     from rl_selfdistill.config import parse_params
     from rl_selfdistill.run import TrainRequest
-    from rl_selfdistill.run.rundir import invoked_command
+    from rl_selfdistill.run.rundir import PROGRAM, format_command
 
     if not args.algo or not args.env_id:
         raise UsageError("--algo and --env are required (or pass --resume RUN_DIR)")
@@ -116,7 +116,7 @@ def request_from_args(args: argparse.Namespace) -> Any:
         video=args.video,
         verbose=args.verbose,
         run_dir=args.run_dir,
-        command=invoked_command(),
+        command=format_command([PROGRAM, *args.argv]),
     )
 
 
@@ -128,11 +128,8 @@ def run(args: argparse.Namespace) -> int:
 
     import_gym_packages(args.gym_packages)  # before --algo and --env are looked up
     if args.resume is not None:
-        if args.algo or args.env_id or args.hyperparams or args.env_kwargs:
-            raise UsageError(
-                "--resume takes its settings from RUN_DIR/config.yaml; drop --algo, --env, -params and --env-kwargs"
-            )
-        training = prepare_resume(args.resume)
+        command = format_command([PROGRAM, *args.argv])
+        training = prepare_resume(args.resume, changes=resume_changes(args), command=command)
     else:
         training = prepare_run(request_from_args(args))
     try:
@@ -146,6 +143,39 @@ def run(args: argparse.Namespace) -> int:
         return stop.exit_status
     print(f"finished: {training.run_dir}")
     return 0
+
+
+def given_options(argv: list[str]) -> dict[str, str]:
+    """The options written on the `train` command line (dest -> option name), whatever their values."""
+    parser = OneLineErrorParser(prog="rl-selfdistill train", add_help=False)
+    add_train_arguments(parser)
+    words = argv[argv.index("train") + 1 :] if "train" in argv else argv
+    written = {word.split("=", 1)[0] for word in words if word.startswith("-")}
+    names: dict[str, str] = {}
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # what is not written stays out of the namespace
+        for option in action.option_strings:
+            if option in written:
+                names.setdefault(action.dest, option)  # the spelling the user wrote (--track, not --wandb-mode)
+    return {dest: names.get(dest, dest) for dest in vars(parser.parse_args(words))}
+
+
+def resume_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """What `--resume` is asked to change: the run's budget, checkpoint and evaluation cadence, device, W&B mode.
+
+    Any other option would make another run (or is a display setting recorded with the run): refused, named.
+    """
+    from rl_selfdistill.run.request import RESUMABLE
+
+    given = given_options(args.argv)
+    # --gym-packages was imported already: it registers what the run needs, and changes nothing recorded.
+    fixed = sorted(name for dest, name in given.items() if dest not in RESUMABLE and dest not in ("resume", "gym_packages"))
+    if fixed:
+        allowed = ", ".join(RESUMABLE.values())
+        raise UsageError(
+            f"--resume keeps the run's settings from RUN_DIR/config.yaml; drop {', '.join(fixed)} (only {allowed} can change)"
+        )
+    return {dest: getattr(args, dest) for dest in given if dest in RESUMABLE}
 
 
 def _record_final_video(training: Any) -> None:

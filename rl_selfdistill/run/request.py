@@ -16,6 +16,15 @@ DEVICES = ("auto", "cpu", "cuda")
 # numpy seeds must stay below 2**32 after the eval offset and the per-env / resume offsets are added.
 MAX_SEED = 2**31
 # Request fields that are not run options: they are config.yaml's top-level keys, or merged into its hyperparams.
+# What a resumed run may change (TrainRequest fields, with their option names): the budget, how often it
+# checkpoints and evaluates, where it computes, and its W&B mode. Everything else would make it another run.
+RESUMABLE = {
+    "n_timesteps": "-n/--n-timesteps",
+    "save_freq": "--save-freq",
+    "eval_freq": "--eval-freq",
+    "device": "--device",
+    "wandb_mode": "--wandb-mode",
+}
 _NOT_OPTIONS = ("algo", "env_id", "n_timesteps", "seed", "n_envs", "hyperparams", "env_kwargs", "run_dir", "command")
 
 
@@ -89,15 +98,41 @@ def check_request(request: TrainRequest) -> None:
     for option, value, minimum, may_be_none in checks:
         if value is None and may_be_none:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise UsageError(f"{option} must be an integer >= {minimum}, got {value!r}")
+        _check_integer(option, value, minimum)
     if request.seed is not None and request.seed >= MAX_SEED:
         raise UsageError(f"--seed must be below {MAX_SEED}, got {request.seed}")
-    if request.wandb_mode not in cfg.WANDB_MODES:
-        raise UsageError(f"unknown --wandb-mode {request.wandb_mode!r}; choose one of {', '.join(cfg.WANDB_MODES)}")
+    _check_wandb_mode(request.wandb_mode)
     if request.vec_env not in VEC_ENV_BACKENDS:
         raise UsageError(f"unknown --vec-env {request.vec_env!r}; choose one of {', '.join(VEC_ENV_BACKENDS)}")
     check_device(request.device)
+
+
+def _check_integer(option: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{option} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_wandb_mode(mode: str) -> None:
+    from rl_selfdistill import config as cfg
+
+    if mode not in cfg.WANDB_MODES:
+        raise UsageError(f"unknown --wandb-mode {mode!r}; choose one of {', '.join(cfg.WANDB_MODES)}")
+
+
+def check_resume_changes(changes: dict[str, Any]) -> None:
+    """What a resume may change (`RESUMABLE`), each checked like a new run's; anything else is refused, named."""
+    fixed = sorted(set(changes) - set(RESUMABLE))
+    if fixed:
+        raise UsageError(
+            f"a resumed run keeps its {', '.join(fixed)} from its config.yaml; only {', '.join(RESUMABLE)} can change"
+        )
+    for name, minimum in (("n_timesteps", 1), ("save_freq", 0), ("eval_freq", 0)):
+        if name in changes:
+            _check_integer(RESUMABLE[name], changes[name], minimum)
+    if "wandb_mode" in changes:
+        _check_wandb_mode(changes["wandb_mode"])
+    if "device" in changes:
+        check_device(changes["device"])
 
 
 def check_device(device: str) -> None:

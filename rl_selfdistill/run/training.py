@@ -24,7 +24,14 @@ import rl_selfdistill.run.rundir as rundir
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.run.interrupts import GracefulStop, RunInterrupted
 from rl_selfdistill.run.lock import RunLock, acquire
-from rl_selfdistill.run.request import TrainRequest, check_device, import_gym_packages, resolve_config, with_provenance
+from rl_selfdistill.run.request import (
+    TrainRequest,
+    check_device,
+    check_resume_changes,
+    import_gym_packages,
+    resolve_config,
+    with_provenance,
+)
 
 
 @dataclass
@@ -221,11 +228,24 @@ def prepare_run(request: TrainRequest, *, callbacks: list[Any] | None = None) ->
     return TrainingRun(config, run_dir, model, eval_env, state, extra_callbacks=list(callbacks or []), lock=lock)
 
 
-def prepare_resume(run_dir: Path, *, callbacks: list[Any] | None = None, extra_tags: list[str] | None = None) -> TrainingRun:
+def prepare_resume(
+    run_dir: Path,
+    *,
+    callbacks: list[Any] | None = None,
+    extra_tags: list[str] | None = None,
+    changes: dict[str, Any] | None = None,
+    command: str | None = None,
+) -> TrainingRun:
     """The run in `run_dir` restored from its newest complete checkpoint (or restarted if it has none).
 
     The run directory is locked first: nothing in it is read or rewound while another process runs it.
+    `changes` (TrainRequest field -> value, only `request.RESUMABLE` fields) are applied, then recorded in
+    config.yaml and in run.json's `resumes`: a new budget (`n_timesteps`, above the steps done; schedules
+    then run to the new budget), `save_freq`, `eval_freq`, `device`, `wandb_mode`. `command` goes to
+    command.txt (default: this process's command line).
     """
+    changes = dict(changes or {})
+    check_resume_changes(changes)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"--resume {str(run_dir)!r}: no such run directory; pass a folder like logs/sd_ppo/CartPole-v1_1")
@@ -234,7 +254,7 @@ def prepare_resume(run_dir: Path, *, callbacks: list[Any] | None = None, extra_t
     _refuse_finished(run_dir, rundir.read_run_info(run_dir) or {})
     lock = acquire(run_dir)
     try:
-        run = _restore(run_dir, callbacks=callbacks, extra_tags=extra_tags)
+        run = _restore(run_dir, callbacks=callbacks, extra_tags=extra_tags, changes=changes, command=command)
     except BaseException:
         lock.release()
         raise
@@ -242,13 +262,23 @@ def prepare_resume(run_dir: Path, *, callbacks: list[Any] | None = None, extra_t
     return run
 
 
-def _restore(run_dir: Path, *, callbacks: list[Any] | None, extra_tags: list[str] | None) -> TrainingRun:
+def _restore(
+    run_dir: Path,
+    *,
+    callbacks: list[Any] | None,
+    extra_tags: list[str] | None,
+    changes: dict[str, Any],
+    command: str | None,
+) -> TrainingRun:
     from rl_selfdistill.run.build import build_envs, build_model
     from rl_selfdistill.run.checkpoints import list_checkpoints, load_checkpoint
 
+    raw = rundir.read_raw_config(run_dir)
     # Custom envs and algorithms must be registered before the config is validated against them.
-    import_gym_packages(list(rundir.read_raw_config(run_dir)["options"].get("gym_packages") or []))
+    import_gym_packages(list(raw["options"].get("gym_packages") or []))
     config = rundir.read_config(run_dir)
+    for resolved in (raw, config):
+        _apply_changes(resolved, changes)
     # A run killed between writing config.yaml and run.json has no state yet: it starts over.
     state = rundir.read_run_state(run_dir) if (run_dir / rundir.RUN_STATE).exists() else rundir.initial_run_state(config)
     _refuse_finished(run_dir, state)
@@ -262,6 +292,12 @@ def _restore(run_dir: Path, *, callbacks: list[Any] | None, extra_tags: list[str
         env, eval_env = build_envs(config, seed=config["seed"])
         model = build_model(config, env)
     steps = int(model.num_timesteps)
+    if changes.get("n_timesteps", steps + 1) <= steps:
+        raise UsageError(f"run {str(run_dir)!r} is at step {steps}: a new budget must be larger, got {changes['n_timesteps']}")
+    if changes:
+        rundir.write_config(run_dir, raw)
+        state["n_timesteps"] = config["hyperparams"]["n_timesteps"]
+    state["resumes"] = [*state.get("resumes", []), {"step": steps, "at": rundir.utc_now(), "changes": changes}]
     history = rundir.rewind_logs(run_dir, steps)
     run = TrainingRun(
         config,
@@ -275,8 +311,16 @@ def _restore(run_dir: Path, *, callbacks: list[Any] | None, extra_tags: list[str
         eval_history=history,
     )
     run._clock_base = float(state.get("wall_clock_s") or 0.0)
-    rundir.append_command(run_dir, rundir.invoked_command() + f"  # resumed at step {steps}")
+    rundir.append_command(run_dir, (command or rundir.invoked_command()) + f"  # resumed at step {steps}")
     return run
+
+
+def _apply_changes(config: dict[str, Any], changes: dict[str, Any]) -> None:
+    for name, value in changes.items():
+        if name == "n_timesteps":
+            config["hyperparams"]["n_timesteps"] = value
+        else:
+            config["options"][name] = value
 
 
 def _refuse_finished(run_dir: Path, state: dict[str, Any]) -> None:
