@@ -13,6 +13,7 @@ from rl_selfdistill import SelfDistillA2C
 from rl_selfdistill.cli import main
 from rl_selfdistill.config import resolve_hyperparams
 from rl_selfdistill.errors import UsageError
+from rl_selfdistill.tune.space import load_space
 from tests.helpers import A2C_TINY, assert_same_parameters
 
 
@@ -173,6 +174,15 @@ def test_presets_resolve_for_a2c_and_sd_a2c():
     assert sd["teacher_update_interval"] == 2000 and "distill_coef" not in base
     pendulum = resolve_hyperparams("sd_a2c", "Pendulum-v1")
     assert pendulum["use_sde"] is False and pendulum["normalize"] is True and pendulum["gamma"] == 0.9
+
+
+@pytest.mark.parametrize("algo,tune_base", [("a2c", False), ("sd_a2c", False), ("sd_a2c", True)])
+def test_builtin_search_spaces_resolve(algo, tune_base):
+    """Every key of the built-in spaces is a valid preset key of the algorithm (checked on the space's first point)."""
+    space = load_space(algo, tune_base=tune_base)
+    names = set(space.names())
+    assert ("n_steps" in names) == (algo == "a2c" or tune_base) and ("distill_coef" in names) == (algo == "sd_a2c")
+    assert "batch_size" not in names and "n_epochs" not in names
 
 
 def test_throughput_pair_through_the_cli(tmp_path, capsys):
