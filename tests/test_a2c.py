@@ -8,6 +8,8 @@ import torch as th
 from stable_baselines3 import A2C
 from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import IdentityEnvMultiBinary, IdentityEnvMultiDiscrete, SimpleMultiObsEnv
+from stable_baselines3.common.vec_env import VecNormalize
 
 from rl_selfdistill import SelfDistillA2C
 from rl_selfdistill.cli import main
@@ -160,6 +162,33 @@ def test_relative_weight_is_c_times_the_ratio_of_the_logged_running_means():
     # The last phase's weight was computed from the running means before that phase was added.
     assert logged["distill/coef_relative"] > 0 and np.isfinite(logged["distill/coef"])
     assert model.distiller.relative_factor() == pytest.approx(ratio)
+
+
+@pytest.mark.parametrize(
+    "env_factory,policy",
+    [
+        (lambda: SimpleMultiObsEnv(random_start=True), "MultiInputPolicy"),
+        (lambda: IdentityEnvMultiDiscrete(dim=3), "MlpPolicy"),
+        (lambda: IdentityEnvMultiBinary(dim=4), "MlpPolicy"),
+    ],
+    ids=["dict", "multidiscrete", "multibinary"],
+)
+def test_other_spaces_distil(env_factory, policy):
+    env = make_vec_env(env_factory, n_envs=2, seed=0)
+    model = SelfDistillA2C(policy, env, seed=0, teacher_update_interval=32, **A2C_TINY).learn(96)
+    assert model.distiller.teacher.n_updates == 2 and model.logger.name_to_value["distill/kl"] > 0
+
+
+def test_teacher_under_vecnormalize_keeps_its_statistics(tmp_path):
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=0))
+    model = SelfDistillA2C("MlpPolicy", env, seed=0, teacher_update_interval=32, **A2C_TINY).learn(96)
+    assert model.rollout_buffer.raw_observations is not None
+    ((_, stats),) = model.distiller.teacher.active_members()
+    assert stats is not None and stats.count < env.obs_rms.count  # the statistics of its refresh, not today's
+    model.save(tmp_path / "agent.zip")
+    loaded = SelfDistillA2C.load(tmp_path / "agent.zip", env=env, device="cpu")
+    ((_, loaded_stats),) = loaded.distiller.teacher.active_members()
+    assert np.array_equal(loaded_stats.mean, stats.mean) and loaded_stats.count == stats.count
 
 
 def test_gsde_is_refused_with_the_fix():
