@@ -351,8 +351,17 @@ def run_training(request: TrainRequest, *, callbacks: list[Any] | None = None) -
     return run.run_dir
 
 
-def resume_training(run_dir: Path, *, callbacks: list[Any] | None = None, extra_tags: list[str] | None = None) -> Path:
-    """Continue a run from its newest complete checkpoint to its original budget; returns the run directory."""
-    with prepare_resume(run_dir, callbacks=callbacks, extra_tags=extra_tags) as run:
+def resume_training(
+    run_dir: Path,
+    *,
+    callbacks: list[Any] | None = None,
+    extra_tags: list[str] | None = None,
+    changes: dict[str, Any] | None = None,
+) -> Path:
+    """Continue a run from its newest complete checkpoint to its budget; returns the run directory.
+
+    `changes` as for `prepare_resume` (e.g. {"n_timesteps": 2_000_000} extends the run).
+    """
+    with prepare_resume(run_dir, callbacks=callbacks, extra_tags=extra_tags, changes=changes) as run:
         run.train()
     return run.run_dir
