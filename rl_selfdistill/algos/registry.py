@@ -140,8 +140,8 @@ BUILT_IN: tuple[AlgoEntry, ...] = (
         discrete_only=True,
         colour="#d62728",
     ),
-    AlgoEntry("a2c", "stable_baselines3:A2C", colour="#9467bd"),
-    AlgoEntry("sd_a2c", "rl_selfdistill.algos.a2c:SelfDistillA2C", base="a2c", colour="#8c564b"),
+    AlgoEntry("a2c", "stable_baselines3:A2C", colour="#006d5b"),
+    AlgoEntry("sd_a2c", "rl_selfdistill.algos.a2c:SelfDistillA2C", base="a2c", colour="#b8860b"),
 )
 for _entry in BUILT_IN:
     register(_entry)
