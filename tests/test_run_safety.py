@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from rl_selfdistill.cli import main
 from rl_selfdistill.run import resume_training
 from rl_selfdistill.run.checkpoints import TEMP_PREFIX, list_checkpoints
 from rl_selfdistill.run.lock import RunLocked, acquire
@@ -36,6 +37,13 @@ ALGO_PARAMS = {
         "policy_kwargs:{net_arch: [16]}",
     ],
 }
+
+
+@pytest.fixture(autouse=True)
+def plugins_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Resumes run in this process too: they import the run's --gym-packages (slow_env) like the CLI processes.
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 def _environment() -> dict[str, str]:
@@ -147,10 +155,9 @@ def test_second_process_on_a_running_run_is_refused_and_a_killed_holders_lock_is
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert _lock_holder(run_dir)["pid"] == first.pid  # the file still names the dead holder; the kernel freed the flock
-    resumed = _start(["train", "--resume", str(run_dir)])
-    _, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, stderr[-3000:]
-    assert _lock_holder(run_dir)["pid"] == resumed.pid  # taken over, and the details rewritten
+    # The CLI's main in this process: a second real process, without another interpreter start-up.
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert _lock_holder(run_dir)["pid"] == os.getpid()  # taken over, and the details rewritten
     state = _state(run_dir)
     assert state["status"] == "finished" and state["num_timesteps_done"] == 1024
 
@@ -195,8 +202,7 @@ def test_first_signal_checkpoints_before_the_first_periodic_one_and_resume_finis
         f"{name}: stopped at step {steps} with a checkpoint; continue with: rl-selfdistill train --resume {run_dir}"
     )
 
-    resumed = _cli("train", "--resume", str(run_dir))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert main(["train", "--resume", str(run_dir)]) == 0  # in this process: one interpreter start-up less
     state = _state(run_dir)
     assert state["status"] == "finished" and state["num_timesteps_done"] == budget
     assert (run_dir / "model.zip").is_file()

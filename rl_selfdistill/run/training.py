@@ -98,15 +98,16 @@ class TrainingRun:
 
     def train(self) -> None:
         """Learn the rest of the budget, then save model.zip and mark the run finished."""
-        total = int(self.config["hyperparams"]["n_timesteps"])
-        remaining = max(total - int(self.model.num_timesteps), 0)
-        # SB3 adds num_timesteps to the budget when reset_num_timesteps=False (issue #1277): pass what is left.
         from rl_selfdistill.run.callbacks import StopRequested
 
+        total = int(self.config["hyperparams"]["n_timesteps"])
+        remaining = max(total - int(self.model.num_timesteps), 0)
+        callbacks = self._callbacks()
         try:
-            self.model.learn(remaining, callback=self._callbacks(), reset_num_timesteps=not self.resumed)
+            # SB3 adds num_timesteps to the budget when reset_num_timesteps=False (issue #1277): pass what is left.
+            self.model.learn(remaining, callback=callbacks, reset_num_timesteps=not self.resumed)
         except StopRequested:
-            pass
+            callbacks.on_training_end()  # what learn() does when it ends by itself (closes the progress bar)
         except Exception:
             # A SIGTERM sent to the whole process group also ends subprocess env workers, and the env step under
             # way fails. The learner's own state is whole (updates happen between steps): checkpoint it.
