@@ -60,6 +60,23 @@ def assert_same_parameters(a: th.nn.Module, b: th.nn.Module) -> None:
         assert th.equal(pa, pb), name_a
 
 
+def interrupted_copy(run_dir: Path, target: Path, step: int) -> Path:
+    """A copy of a finished run directory as a crash right after its checkpoint of `step` would have left it."""
+    import shutil
+
+    from rl_selfdistill.run.checkpoints import list_checkpoints
+
+    shutil.copytree(run_dir, target)
+    for checkpoint in list_checkpoints(target):
+        if int(checkpoint.name.split("_")[1]) > step:
+            shutil.rmtree(checkpoint)
+    state = json.loads((target / "run.json").read_text())
+    state.update(status="running", finished_at=None)
+    (target / "run.json").write_text(json.dumps(state))
+    (target / "model.zip").unlink()
+    return target
+
+
 # ----------------------------------------------------------------------------- reading offline W&B runs back
 
 _LOG_BLOCK = 32 * 1024

@@ -15,8 +15,9 @@ from rl_selfdistill import SelfDistillA2C
 from rl_selfdistill.cli import main
 from rl_selfdistill.config import resolve_hyperparams
 from rl_selfdistill.errors import UsageError
+from rl_selfdistill.run import TrainRequest, resume_training, run_training
 from rl_selfdistill.tune.space import load_space
-from tests.helpers import A2C_TINY, assert_same_parameters
+from tests.helpers import A2C_TINY, assert_same_parameters, interrupted_copy
 
 
 def flat(module: th.nn.Module) -> th.Tensor:
@@ -189,6 +190,37 @@ def test_teacher_under_vecnormalize_keeps_its_statistics(tmp_path):
     loaded = SelfDistillA2C.load(tmp_path / "agent.zip", env=env, device="cpu")
     ((_, loaded_stats),) = loaded.distiller.teacher.active_members()
     assert np.array_equal(loaded_stats.mean, stats.mean) and loaded_stats.count == stats.count
+
+
+def test_two_resumes_from_one_checkpoint_are_bit_identical(tmp_path, isolated_home):
+    """Through the run layer (checkpoints with teacher, optimizer, VecNormalize and RNG states), as for sd_ppo."""
+    hyperparams = {"n_steps": 8, "teacher_update_interval": 256, "normalize": True, "policy_kwargs": {"net_arch": [32, 32]}}
+    request = TrainRequest(
+        algo="sd_a2c",
+        env_id="CartPole-v1",
+        n_timesteps=1536,
+        seed=7,
+        vec_env="dummy",
+        n_envs=2,
+        eval_freq=0,
+        save_freq=512,
+        keep_checkpoints=10,
+        hyperparams=hyperparams,
+        wandb_mode="disabled",
+        progress=False,
+        verbose=0,
+        run_dir=tmp_path / "run",
+    )
+    run_dir = run_training(request)
+    finals = []
+    for attempt in range(2):
+        copy_dir = interrupted_copy(run_dir, tmp_path / f"resumed{attempt}", 512)
+        resume_training(copy_dir)
+        finals.append(SelfDistillA2C.load(copy_dir / "model.zip", device="cpu"))
+    assert finals[0].num_timesteps == finals[1].num_timesteps == 1536
+    assert finals[0].distiller.teacher.n_updates == finals[1].distiller.teacher.n_updates == 1536 // 256 - 1
+    assert_same_parameters(finals[0].policy, finals[1].policy)
+    assert_same_parameters(finals[0].teacher_networks, finals[1].teacher_networks)
 
 
 def test_gsde_is_refused_with_the_fix():
