@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   rl-selfdistill train --algo sd_ppo --env CartPole-v1
   rl-selfdistill train --algo sd_dqn --env PongNoFrameskip-v4 --seed 1 -params distill_coef:0.2 teacher_mode:ema
   rl-selfdistill train --resume logs/sd_ppo/CartPole-v1_1
+  rl-selfdistill train --resume logs/sd_ppo/CartPole-v1_1 -n 200000   (extend its budget)
 """
 
 
@@ -47,7 +48,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="put the replay buffer of off-policy algorithms into every checkpoint (exact resume; GBs for Atari)",
     )
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its newest complete checkpoint")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its newest complete checkpoint; only -n (a larger budget), --save-freq, --eval-freq, "
+        "--device and --wandb-mode may be given with it",
+    )
     add_hyperparams(parser, "override preset keys, e.g. n_steps:256")
     parser.add_argument(
         "--env-kwargs", nargs="+", default=[], metavar="KEY:VALUE", help="keyword arguments of the env, over the preset's"
