@@ -250,3 +250,17 @@ def test_cli_reports_env_errors_in_one_line(run_cli, tmp_path, args, fragment):
     assert result.returncode == 2
     assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_an_env_registered_after_the_first_lookup_is_found():
+    """A --gym-packages module imported late (e.g. on resume) registers ids after the id list was first read."""
+    import gymnasium
+
+    from rl_selfdistill.envs import resolve
+
+    resolve("CartPole-v1")  # reads and caches the registered ids
+    gymnasium.register(id="LateCartPole-v0", entry_point="gymnasium.envs.classic_control.cartpole:CartPoleEnv")
+    try:
+        assert resolve("LateCartPole-v0").family == "gym"
+    finally:
+        gymnasium.registry.pop("LateCartPole-v0")

@@ -50,6 +50,13 @@ def _gymnasium_ids() -> tuple[str, ...]:
     return tuple(gym.registry.keys())
 
 
+def _registered_since(env_id: str) -> bool:
+    """Whether `env_id` was registered after the cached id list was read (a --gym-packages module imported later)."""
+    import gymnasium as gym
+
+    return env_id in gym.registry
+
+
 @functools.cache
 def _envpool_ids() -> frozenset[str]:
     try:
@@ -88,7 +95,7 @@ def resolve(env_id: str) -> EnvEntry:
     if env_id in MUJOCO_IDS or env_id in CLASSIC_IDS:
         family = "mujoco" if env_id in MUJOCO_IDS else "classic"
         return EnvEntry(env_id, family, env_id, env_id if env_id in _envpool_ids() else None)
-    if env_id in _gymnasium_ids():
+    if env_id in _gymnasium_ids() or _registered_since(env_id):
         return EnvEntry(env_id, "gym", env_id, None)
     raise UsageError(f"unknown env id {env_id!r}; closest valid ids: {', '.join(closest_ids(env_id))}")
 
