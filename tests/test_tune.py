@@ -259,3 +259,17 @@ def test_several_envs_are_normalised_like_the_report():
     assert acrobot.normalise(-100.0) == normalize_score(classic.get("Acrobot-v1"), -100.0)
     with pytest.raises(UsageError, match="in no suite"):
         env_targets(None, ["CartPole-v1", "MountainCar-v0"], 512)
+
+
+def test_the_objective_description_names_each_envs_scored_window():
+    from types import SimpleNamespace
+
+    from rl_selfdistill.tune.summary import objective_description
+
+    def settings(env_id: str) -> SimpleNamespace:
+        env = SimpleNamespace(env_id=env_id, n_timesteps=1000, suite_env=None)
+        return SimpleNamespace(plan=SimpleNamespace(envs=[env], seeds=[1_000_000], eval_episodes=5, eval_freq=100))
+
+    assert "final 10% of its budget" in objective_description(settings("CartPole-v1"))
+    # A continual run is scored over its whole level sequence (benchmark.aggregate.score_fraction).
+    assert "its whole run" in objective_description(settings("Continual-CartPole-v0"))

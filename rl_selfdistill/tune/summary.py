@@ -96,14 +96,20 @@ def summary_data(study: Any, settings: Any) -> dict[str, Any]:
 
 
 def objective_description(settings: Any) -> str:
+    from rl_selfdistill.benchmark.aggregate import score_fraction
+
     plan = settings.plan
     normalised = any(env.suite_env is not None for env in plan.envs)
     envs = ", ".join(f"{env.env_id} ({env.n_timesteps} steps)" for env in plan.envs)
     score = "suite-normalised score" if normalised else "score"
     episodes = f"{plan.eval_episodes} episode" + ("s" if plan.eval_episodes != 1 else "")
+    fractions = {score_fraction(env.env_id) for env in plan.envs}
+    window = " / ".join(
+        "its whole run" if fraction == 1.0 else f"the final {fraction:.0%} of its budget" for fraction in sorted(fractions)
+    )
     return (
         f"mean {score} over {envs} x seeds {', '.join(map(str, plan.seeds))}; a run's score is the mean evaluation "
-        f"return over the final 10% of its budget ({episodes} every {plan.eval_freq} steps)"
+        f"return over {window} ({episodes} every {plan.eval_freq} steps)"
     )
 
 
