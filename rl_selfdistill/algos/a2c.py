@@ -26,12 +26,6 @@ class SelfDistillA2C(OnPolicyDistillMixin, A2C):
     (``train()`` is then A2C's own).
     """
 
-    def train(self) -> None:
-        if not self.distiller.enabled:
-            super().train()
-            return
-        self._train_with_distillation()
-
     def _train_with_distillation(self) -> None:
         """A2C's ``train()`` (SB3 2.7-2.9, line for line; see algos/ported.py) plus the distillation term."""
         self.policy.set_training_mode(True)

@@ -40,6 +40,17 @@ class OnPolicyDistillMixin(SelfDistillMixin):
         self._rollout_teacher: tuple[th.Tensor, th.Tensor | None] | None = None
         super().__init__(*args, **kwargs)
 
+    def train(self) -> None:
+        # With distillation off, the SB3 parent's own train() runs: bit-for-bit the plain algorithm.
+        if not self.distiller.enabled:
+            super().train()  # type: ignore[misc]
+            return
+        self._train_with_distillation()
+
+    def _train_with_distillation(self) -> None:
+        """The parent's ``train()`` copied line for line plus the distillation term (see algos/ported.py)."""
+        raise NotImplementedError
+
     def _setup_model(self) -> None:
         if self.distiller.enabled:
             self.rollout_buffer_class = self._indexed_buffer_class()
