@@ -60,6 +60,26 @@ def assert_same_parameters(a: th.nn.Module, b: th.nn.Module) -> None:
         assert th.equal(pa, pb), name_a
 
 
+def flat(module: th.nn.Module) -> th.Tensor:
+    """All parameters of `module` as one detached vector (a copy: later training does not change it)."""
+    return th.cat([p.detach().flatten().clone() for p in module.parameters()])
+
+
+class StudentHistory:
+    """Records a network's parameters before each step of the model's optimizer (the real optimizer, wrapped)."""
+
+    def __init__(self, model: Any, network: th.nn.Module) -> None:
+        self.states: list[th.Tensor] = []
+        optimizer = model.policy.optimizer
+        original_step = optimizer.step
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            self.states.append(flat(network))
+            return original_step(*args, **kwargs)
+
+        optimizer.step = step
+
+
 def interrupted_copy(run_dir: Path, target: Path, step: int) -> Path:
     """A copy of a finished run directory as a crash right after its checkpoint of `step` would have left it."""
     import shutil

@@ -17,11 +17,7 @@ from rl_selfdistill.config import resolve_hyperparams
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.run import TrainRequest, resume_training, run_training
 from rl_selfdistill.tune.space import load_space
-from tests.helpers import A2C_TINY, assert_same_parameters, interrupted_copy
-
-
-def flat(module: th.nn.Module) -> th.Tensor:
-    return th.cat([p.detach().flatten().clone() for p in module.parameters()])
+from tests.helpers import A2C_TINY, StudentHistory, assert_same_parameters, flat, interrupted_copy
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
@@ -129,16 +125,9 @@ def test_lagged_gradient_step_teacher_is_the_student_k_steps_ago(lag):
         teacher_update_interval=lag,
         **A2C_TINY,
     )
-    states: list[th.Tensor] = []
-    original_step = model.policy.optimizer.step
-
-    def step(*args, **kwargs):
-        states.append(flat(model.policy))
-        return original_step(*args, **kwargs)
-
-    model.policy.optimizer.step = step
+    history = StudentHistory(model, model.policy)
     model.learn(80)  # 10 rollouts, one gradient step each
-    states.append(flat(model.policy))
+    states = [*history.states, flat(model.policy)]
     assert len(states) == 11
     assert th.equal(flat(model.distiller.teacher.active_members()[0][0]), states[-1 - lag])
     # The teacher moves every step: it runs on the rollout inside train(), nothing is cached per rollout.

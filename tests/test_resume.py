@@ -6,7 +6,6 @@ import copy
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from rl_selfdistill.algos import registry
 from rl_selfdistill.run import TrainRequest, resume_training, run_training
 from rl_selfdistill.run.checkpoints import REPLAY_BUFFER, list_checkpoints, load_checkpoint
 from rl_selfdistill.run.rundir import read_config
+from tests.helpers import interrupted_copy
 
 # Runs the CLI with each checkpoint held between its complete temp folder and its rename, so a kill can land there.
 PAUSING_DRIVER = Path(__file__).with_name("checkpoint_pause_driver.py")
@@ -162,19 +162,6 @@ class ScheduleRecorder(BaseCallback):
         return True
 
 
-def _interrupted_copy(run_dir: Path, target: Path, step: int) -> Path:
-    """The run as a crash right after the checkpoint of `step` would have left it."""
-    shutil.copytree(run_dir, target)
-    for checkpoint in list_checkpoints(target):
-        if int(checkpoint.name.split("_")[1]) > step:
-            shutil.rmtree(checkpoint)
-    state = json.loads((target / "run.json").read_text())
-    state.update(status="running", finished_at=None)
-    (target / "run.json").write_text(json.dumps(state))
-    (target / "model.zip").unlink()
-    return target
-
-
 def _final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
     config = read_config(run_dir)
     return registry.algo_class(config["algo"]).load(run_dir / "model.zip", device="cpu").policy.state_dict()
@@ -197,7 +184,7 @@ def test_resume_is_exact(algo: str, tmp_path: Path, isolated_home: Path):
     finals = []
     for attempt in range(2):
         resumed = ScheduleRecorder()
-        copy_dir = _interrupted_copy(run_dir, tmp_path / f"resumed{attempt}", CHECKPOINT_STEP)
+        copy_dir = interrupted_copy(run_dir, tmp_path / f"resumed{attempt}", CHECKPOINT_STEP)
         resume_training(copy_dir, callbacks=[resumed])
         assert json.loads((copy_dir / "run.json").read_text())["num_timesteps_done"] == 1536
         # Learning rate, clip range / exploration and distillation coefficient follow the uninterrupted run's schedule.
@@ -313,7 +300,7 @@ def test_replay_buffer_is_checkpointed_only_when_asked(tmp_path: Path, isolated_
     assert checkpoints and not any((checkpoint / REPLAY_BUFFER).exists() for checkpoint in checkpoints)
     assert read_config(run_dir)["options"]["save_replay_buffer"] is False
 
-    copy_dir = _interrupted_copy(run_dir, tmp_path / "resumed", CHECKPOINT_STEP)
+    copy_dir = interrupted_copy(run_dir, tmp_path / "resumed", CHECKPOINT_STEP)
     capsys.readouterr()
     resume_training(copy_dir)
     notes = [line for line in capsys.readouterr().err.splitlines() if "replay buffer" in line]
@@ -332,7 +319,7 @@ def test_evaluation_history_is_whole_after_a_resume(tmp_path: Path, isolated_hom
     before = _evaluations(run_dir)
     assert before["timesteps"].tolist() == [256, 512, 768, 1024]
 
-    copy_dir = _interrupted_copy(run_dir, tmp_path / "resumed", CHECKPOINT_STEP)
+    copy_dir = interrupted_copy(run_dir, tmp_path / "resumed", CHECKPOINT_STEP)
     capsys.readouterr()
     resume_training(copy_dir)
     assert "replay buffer" not in capsys.readouterr().err  # on-policy: nothing to say
@@ -349,7 +336,7 @@ def test_resume_applies_and_records_a_larger_budget_and_new_cadences(tmp_path: P
     from rl_selfdistill.cli import main
 
     run_dir = run_training(_request("sd_ppo", tmp_path / "run", n_timesteps=1024, save_freq=256))
-    copy_dir = _interrupted_copy(run_dir, tmp_path / "resumed", CHECKPOINT_STEP)
+    copy_dir = interrupted_copy(run_dir, tmp_path / "resumed", CHECKPOINT_STEP)
     changes = ["-n", "2048", "--save-freq", "512", "--eval-freq", "1024", "--device", "cpu", "--wandb-mode", "disabled"]
     assert main(["train", "--resume", str(copy_dir), *changes]) == 0, capsys.readouterr().err
 
@@ -377,7 +364,7 @@ def test_resume_refuses_options_that_would_make_another_run(tmp_path: Path, isol
     from rl_selfdistill.cli import main
 
     run_dir = run_training(_request("sd_ppo", tmp_path / "run", n_timesteps=1024))
-    copy_dir = _interrupted_copy(run_dir, tmp_path / "resumed", CHECKPOINT_STEP)
+    copy_dir = interrupted_copy(run_dir, tmp_path / "resumed", CHECKPOINT_STEP)
     before = {name: (copy_dir / name).read_bytes() for name in ("config.yaml", "run.json", "command.txt", "progress.csv")}
 
     capsys.readouterr()

@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from rl_selfdistill import SelfDistillDQN, SelfDistillPPO
 from rl_selfdistill.errors import UsageError
-from tests.helpers import DQN_TINY, PPO_TINY, assert_same_parameters
+from tests.helpers import DQN_TINY, PPO_TINY, StudentHistory, assert_same_parameters, flat
 
 NEW_OPTIONS = [
     {"teacher_mode": "lagged", "teacher_update_unit": "gradient_steps", "teacher_update_interval": 2},
@@ -24,10 +24,6 @@ NEW_OPTIONS = [
     {"distill_gate": True, "distill_separate_batch": True, "distill_value_coef": 0.5},
     {"teacher_mode": "reset", "teacher_update_interval": 128, "reset_parts": "heads", "reset_anneal_steps": 64},
 ]
-
-
-def flat(module: th.nn.Module) -> th.Tensor:
-    return th.cat([p.detach().flatten().clone() for p in module.parameters()])
 
 
 @pytest.mark.parametrize("options", NEW_OPTIONS)
@@ -53,21 +49,6 @@ def test_every_option_trains_and_logs_a_distillation_term(options):
     logged = model.logger.name_to_value
     assert model.distiller.teacher.is_ready
     assert "distill/coef" in logged and np.isfinite(logged["distill/kl"]) and logged["distill/kl"] >= 0
-
-
-class StudentHistory:
-    """Records the student's parameters before each optimizer step (a real optimizer, wrapped)."""
-
-    def __init__(self, model, network: th.nn.Module) -> None:
-        self.states: list[th.Tensor] = []
-        optimizer = model.policy.optimizer
-        original_step = optimizer.step
-
-        def step(*args, **kwargs):
-            self.states.append(flat(network))
-            return original_step(*args, **kwargs)
-
-        optimizer.step = step
 
 
 @pytest.mark.parametrize("lag", [1, 3])
