@@ -79,13 +79,14 @@ class OnPolicyDistillMixin(SelfDistillMixin):
     # ------------------------------------------------------------------ teacher refresh and rollout outputs
 
     def collect_rollouts(
-        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int, *args: Any
     ) -> bool:
+        # *args: what a parent's collect_rollouts takes beyond SB3's (MaskablePPO's use_masking), passed on.
         # Refreshes counted in env steps or phases happen only here, between rollouts: one teacher per rollout.
         if self.distiller.enabled:
             self._teacher_tick_between_phases()
         self._rollout_teacher = None
-        complete = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)  # type: ignore[misc]
+        complete = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps, *args)  # type: ignore[misc]
         teacher = self.distiller.teacher
         if complete and self.distiller.enabled and teacher.is_ready and not teacher.changes_every_gradient_step:
             self._rollout_teacher = self._teacher_outputs_for_rollout(rollout_buffer)

@@ -63,7 +63,9 @@ class AlgoEntry:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
-            if self.extra is None or not module_name.startswith(str(error.name)):
+            # The extra's package itself is missing (a class of it, or one of ours built on it), not a module of ours.
+            missing = str(error.name)
+            if self.extra is None or missing.split(".")[0] == __name__.split(".")[0]:
                 raise
             raise UsageError(
                 f"{self.name} needs the {error.name!r} package; pip install 'rl-selfdistill[{self.extra}]'"

@@ -29,6 +29,8 @@ from rl_selfdistill.distill.distiller import Distiller, PhaseRecord
 
 __all__ = ["PhaseRecord", "SelfDistillMixin"]
 
+# The packages whose algorithm classes a self-distilling class extends.
+SB3_PACKAGES = ("stable_baselines3", "sb3_contrib")
 # The name of the teacher networks' state dict in get_parameters() and in saved files.
 TEACHER_STATE = "teacher_networks"
 # States in the fixed reference batch of the diagnostics (policy churn, student vs teacher entropy / std).
@@ -57,8 +59,9 @@ class SelfDistillMixin:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # The SB3 parent's parameters followed by the distillation keywords, as one flat signature. A shared
-        # intermediate mixin (algos/on_policy.py) has no SB3 parent yet: its subclasses get the signature.
-        sb3_parent = next((klass for klass in cls.__mro__ if klass.__module__.startswith("stable_baselines3")), None)
+        # intermediate mixin (algos/on_policy.py) has no SB3 parent yet: its subclasses get the signature. An
+        # sb3-contrib algorithm (QRDQN) comes before the SB3 base class it extends in the MRO.
+        sb3_parent = next((klass for klass in cls.__mro__ if klass.__module__.split(".")[0] in SB3_PACKAGES), None)
         if sb3_parent is None:
             return
         parent = inspect.signature(sb3_parent.__init__)
