@@ -201,17 +201,11 @@ def env_targets(suite: str | None, env_ids: list[str] | None, n_timesteps: int |
 
 def read_candidates(path: Path, space: Any) -> list[dict[str, Any]]:
     """--enqueue FILE: a YAML list of parameter mappings, each checked against the space."""
-    import yaml
-
+    from rl_selfdistill.config.presets import load_yaml_text, read_text_file
     from rl_selfdistill.tune.space import check_candidate
 
     what = f"candidates file {str(path)!r}"
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as error:
-        raise UsageError(f"cannot read {what}: {error.strerror or error}; check the path") from None
-    except yaml.YAMLError:
-        raise UsageError(f"{what} is not valid YAML; fix the syntax") from None
+    data = load_yaml_text(read_text_file(path, what="candidates file"), what)
     if not isinstance(data, list) or not data:
         raise UsageError(f"{what} must hold a non-empty YAML list of parameter mappings")
     return [check_candidate(space, item, what=what) for item in data]

@@ -61,18 +61,37 @@ def preset_path(algo: str) -> Path:
     return data_dir("agents") / f"{registry.get(algo).preset_name}.yaml"
 
 
-def read_yaml_mapping(path: Path, *, what: str) -> dict[str, Any]:
-    """yaml.safe_load a file that must hold a mapping; every failure is a one-line UsageError."""
+def load_yaml_text(text: str, what: str) -> Any:
+    """yaml.safe_load `text`; a syntax error or a tag safe loading refuses (`!!python/...`) is a one-line UsageError."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise UsageError(f"cannot read {what} {str(path)!r}: {error.strerror or error}; check the path") from None
-    try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as error:
+        # Safe loading builds plain data only: a tag naming Python objects is refused, never executed.
+        mark = error.problem_mark
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        tag = str(error.problem).rsplit("tag ", 1)[-1].replace("tag:yaml.org,2002:", "!!")
+        raise UsageError(f"{what} uses the YAML tag {tag}{where}, which is not allowed (plain data only); remove it") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"{what} {str(path)!r} is not valid YAML{where}; fix the syntax") from None
+        raise UsageError(f"{what} is not valid YAML{where}; fix the syntax") from None
+
+
+def read_text_file(path: Path, *, what: str) -> str:
+    """A UTF-8 text file's content; unreadable or not UTF-8 text is a one-line UsageError."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"cannot read {what} {str(path)!r}: {error.strerror or error}; check the path") from None
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"{what} {str(path)!r} is not UTF-8 text (byte {error.start}); pass a YAML text file, saved as UTF-8"
+        ) from None
+
+
+def read_yaml_mapping(path: Path, *, what: str) -> dict[str, Any]:
+    """yaml.safe_load a file that must hold a mapping; every failure is a one-line UsageError."""
+    data = load_yaml_text(read_text_file(path, what=what), f"{what} {str(path)!r}")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -116,10 +135,7 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
         key, sep, text = item.partition(":")
         if not sep or not key.strip():
             raise UsageError(f"-params expects key:value items, got {item!r}; e.g. -params n_steps:128 learning_rate:lin_3e-4")
-        try:
-            overrides[key.strip()] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            raise UsageError(f"-params {key.strip()}: cannot parse {text!r} as YAML; quote it or fix the syntax") from None
+        overrides[key.strip()] = load_yaml_text(text, f"-params {key.strip()}:{text}") if text.strip() else None
     return overrides
 
 
@@ -129,7 +145,9 @@ def resolve_hyperparams(
     """Preset for `algo`/`env_id` with `overrides` applied; everything validated the same way."""
     hyperparams = load_preset(algo, env_id, conf_file=conf_file)
     hyperparams.update(validate_hyperparams(algo, overrides or {}, what="-params"))
+    hyperparams.setdefault("n_envs", 1)  # the RL Zoo's default, for a --conf-file that leaves it out
     check_combination(algo, hyperparams)
     if "n_timesteps" not in hyperparams:
-        raise UsageError(f"no n_timesteps for {env_id!r} in the {algo} preset; pass -n TIMESTEPS")
+        where = repr(str(conf_file)) if conf_file is not None else f"the {algo} preset"
+        raise UsageError(f"no n_timesteps for {env_id!r} in {where}; pass -n TIMESTEPS")
     return hyperparams

@@ -25,6 +25,7 @@ from rl_selfdistill import validators as v
 from rl_selfdistill.algos import registry
 from rl_selfdistill.config.policy import META_KEYS, REPLAY_BUFFERS
 from rl_selfdistill.distill.config import DistillConfig
+from rl_selfdistill.errors import UsageError
 
 # Constructor parameters that are not hyperparameters: the run sets them (seed, device, logging) or they are objects.
 NOT_HYPERPARAMETERS = frozenset(
@@ -159,6 +160,35 @@ def check_combination(algo: str, values: Mapping[str, Any]) -> None:
     """Checks across keys, once each key is valid on its own."""
     if registry.is_distilling(algo):
         DistillConfig.check_combination(values)
+    check_sb3_combination(registry.algo_class(algo), values)
+
+
+def check_sb3_combination(cls: type, values: Mapping[str, Any]) -> None:
+    """What SB3 would assert on later (after the envs are built, or once training runs), refused now in one line.
+
+    Read from the SB3 parent's constructor, not from algorithm names: a class with a minibatch size and advantage
+    normalisation (PPO) needs more than one sample per minibatch and per rollout; one that trains every N
+    episodes (off-policy `train_freq: [N, episode]`) needs a single env. Keys not given yet are not checked.
+    """
+    parameters = inspect.signature(sb3_parent(cls).__init__).parameters
+
+    def value(key: str) -> Any:
+        return values[key] if key in values else getattr(parameters.get(key), "default", None)
+
+    if "batch_size" in parameters and "normalize_advantage" in parameters and value("normalize_advantage"):
+        if isinstance(value("batch_size"), int) and value("batch_size") <= 1:
+            raise UsageError(
+                "batch_size must be at least 2 with normalize_advantage (one sample normalises to NaN); "
+                "raise batch_size or set normalize_advantage: false"
+            )
+        if "n_envs" in values and isinstance(value("n_steps"), int) and value("n_steps") * values["n_envs"] <= 1:
+            raise UsageError(
+                f"n_steps x n_envs = {value('n_steps')} x {values['n_envs']}: a rollout of one sample cannot normalise "
+                "its advantages; raise n_steps or n_envs to give at least 2 samples, or set normalize_advantage: false"
+            )
+    train_freq = values.get("train_freq")
+    if isinstance(train_freq, list | tuple) and train_freq[1] == "episode" and values.get("n_envs", 1) > 1:
+        raise UsageError(f"train_freq {list(train_freq)} counts episodes, which needs n_envs 1; count steps or use one env")
 
 
 def constructor_defaults(algo: str) -> dict[str, Any]:

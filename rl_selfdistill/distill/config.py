@@ -149,6 +149,28 @@ class DistillConfig:
         constant_zero = isinstance(coef, int | float) and not isinstance(coef, bool) and coef == 0
         return constant_zero and self.distill_target_kl is None
 
+    def features(self) -> set[str]:
+        """What these settings ask of an algorithm beyond a teacher fixed for each update phase and a KL on the batch
+        it trains on; an algorithm that cannot provide one refuses it with ``check_supported``."""
+        used = set()
+        if self.teacher_update_unit == "gradient_steps":
+            used.add("teacher_per_gradient_step")
+        if self.distill_separate_batch:
+            used.add("separate_batch")
+        if self.distill_value_coef > 0:
+            used.add("value_distillation")
+        if self.distill_coef_mode == "relative":
+            used.add("relative_weight")
+        return used
+
+    def check_supported(self, owner: str, unsupported: Mapping[str, str]) -> None:
+        """A one-line UsageError for the first feature in use that `owner` cannot apply (`unsupported`: feature ->
+        why not, and the fix)."""
+        used = self.features()
+        for feature, reason in unsupported.items():
+            if feature in used:
+                raise UsageError(f"{owner}: {reason}")
+
     def check_teacher_mode(self, supported: tuple[str, ...], owner: str) -> None:
         if self.teacher_mode not in supported:
             choices = ", ".join(supported)

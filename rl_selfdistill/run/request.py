@@ -10,6 +10,7 @@ from typing import Any
 
 import rl_selfdistill.run.rundir as rundir
 from rl_selfdistill.errors import UsageError
+from rl_selfdistill.paths import check_writable_folder
 
 VEC_ENV_BACKENDS = ("auto", "dummy", "subproc", "envpool")
 DEVICES = ("auto", "cpu", "cuda")
@@ -156,6 +157,9 @@ def resolve_config(request: TrainRequest) -> dict[str, Any]:
     cfg.validate_hyperparams(request.algo, request.hyperparams, what="-params")  # fails fast, before any env lookup
     if request.run_dir is not None:
         rundir.refuse_existing_run_dir(Path(request.run_dir))
+        check_writable_folder(Path(request.run_dir), "--run-dir")
+    else:
+        check_writable_folder(Path(request.log_folder), "-f/--log-folder")  # before any env is built
     # -n and --n-envs are overrides like -params (an env the preset does not list needs -n to have a budget at all).
     budget = {"n_timesteps": request.n_timesteps, "n_envs": request.n_envs}
     overrides = {**request.hyperparams, **{key: value for key, value in budget.items() if value is not None}}
