@@ -14,7 +14,6 @@ from stable_baselines3.common.vec_env import VecNormalize
 from rl_selfdistill import SelfDistillA2C
 from rl_selfdistill.cli import main
 from rl_selfdistill.config import resolve_hyperparams
-from rl_selfdistill.errors import UsageError
 from rl_selfdistill.run import TrainRequest, resume_training, run_training
 from rl_selfdistill.tune.space import load_space
 from tests.helpers import A2C_TINY, StudentHistory, assert_same_parameters, flat, interrupted_copy
@@ -212,18 +211,13 @@ def test_two_resumes_from_one_checkpoint_are_bit_identical(tmp_path, isolated_ho
     assert_same_parameters(finals[0].teacher_networks, finals[1].teacher_networks)
 
 
-def test_gsde_is_refused_with_the_fix():
-    with pytest.raises(UsageError, match="use_sde=False"):
-        SelfDistillA2C("MlpPolicy", "Pendulum-v1", use_sde=True, **A2C_TINY)
-
-
 def test_presets_resolve_for_a2c_and_sd_a2c():
     base = resolve_hyperparams("a2c", "CartPole-v1")
     sd = resolve_hyperparams("sd_a2c", "CartPole-v1")
     assert base["n_envs"] == sd["n_envs"] == 8 and base["n_timesteps"] == sd["n_timesteps"] == 500_000
     assert sd["teacher_update_interval"] == 2000 and "distill_coef" not in base
     pendulum = resolve_hyperparams("sd_a2c", "Pendulum-v1")
-    assert pendulum["use_sde"] is False and pendulum["normalize"] is True and pendulum["gamma"] == 0.9
+    assert pendulum["use_sde"] is True and pendulum["normalize"] is True and pendulum["gamma"] == 0.9
 
 
 @pytest.mark.parametrize("algo,tune_base", [("a2c", False), ("sd_a2c", False), ("sd_a2c", True)])

@@ -210,7 +210,6 @@ def test_lin_schedule_coefficient_follows_progress():
         ({"kl_direction": "both"}, "kl_direction"),
         ({"distill_temperature": 0}, "distill_temperature"),
         ({"distill_target_kl": 0.01, "distill_coef": "lin_0.5"}, "constant"),
-        ({"use_sde": True, "env": "Pendulum-v1"}, "gSDE"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, match):

@@ -4,6 +4,13 @@ A distribution is carried as one flat tensor of parameters per sample, so a whol
 rollout's teacher distributions can be computed once and indexed by minibatch:
 categorical logits, concatenated MultiDiscrete logits, Bernoulli logits, or
 ``[mean, log_std]`` for diagonal Gaussians.
+
+A gSDE policy (``use_sde=True``) is a diagonal Gaussian too: for a state with gSDE features phi(s)
+its action has mean mu(s) and, in dimension i, variance sum_j phi_j(s)^2 sigma_ji^2 (+ SB3's epsilon),
+where sigma is the policy's exploration scale (``log_std`` matrix). The sampled noise matrix only
+decides which action is drawn, not the distribution, so it takes no part in the KL. The distribution
+is carried as ``[mean, log_std]`` with a log-std per state and dimension. Under ``squash_output`` the KL of the
+tanh-squashed actions equals the KL of these pre-squash Gaussians (KL is invariant under a bijection).
 """
 
 from __future__ import annotations
@@ -18,12 +25,16 @@ from stable_baselines3.common.distributions import (
     DiagGaussianDistribution,
     Distribution,
     MultiCategoricalDistribution,
+    StateDependentNoiseDistribution,
 )
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from rl_selfdistill.distill.config import DistillConfig
 from rl_selfdistill.distill.kl import KLDirection, bernoulli_kl, categorical_kl, gaussian_kl, multi_categorical_kl
 from rl_selfdistill.errors import UsageError
+
+# Distributions carried as ``[mean, log_std]``: a fixed log-std parameter, or gSDE's per-state log-std.
+GAUSSIAN_TYPES: tuple[type[Distribution], ...] = (DiagGaussianDistribution, StateDependentNoiseDistribution)
 
 
 @dataclass(frozen=True)
@@ -39,11 +50,17 @@ class PolicyKL:
     @classmethod
     def for_policy(cls, policy: ActorCriticPolicy, config: DistillConfig) -> PolicyKL:
         distribution = policy.action_dist
-        supported = (CategoricalDistribution, MultiCategoricalDistribution, BernoulliDistribution, DiagGaussianDistribution)
+        supported = (
+            CategoricalDistribution,
+            MultiCategoricalDistribution,
+            BernoulliDistribution,
+            DiagGaussianDistribution,
+            StateDependentNoiseDistribution,
+        )
         if not isinstance(distribution, supported):
             raise UsageError(
-                f"self-distillation does not support {type(distribution).__name__} (e.g. gSDE); "
-                "use use_sde=False or distill_coef=0"
+                f"self-distillation does not support the action distribution {type(distribution).__name__}; "
+                "use a policy with a categorical, Bernoulli or Gaussian (incl. gSDE) distribution, or distill_coef=0"
             )
         # Only MultiDiscrete needs the split sizes of its concatenated logits.
         action_dims = (
@@ -58,6 +75,9 @@ class PolicyKL:
             mean = distribution.distribution.loc
             # The policy's log_std parameter itself, not log(std): stays exact for tiny stds.
             return th.cat([mean, policy.log_std.expand_as(mean)], dim=-1)
+        if self.distribution_type is StateDependentNoiseDistribution:
+            # The features the distribution was built from (already detached unless gSDE learns its features).
+            return th.cat([distribution.distribution.loc, sde_log_std(policy, distribution._latent_sde)], dim=-1)
         if self.distribution_type is MultiCategoricalDistribution:
             return th.cat([part.logits for part in distribution.distribution], dim=-1)
         return distribution.distribution.logits
@@ -68,6 +88,9 @@ class PolicyKL:
         output = policy.action_net(latent_pi)
         if self.distribution_type is DiagGaussianDistribution:
             return th.cat([output, policy.log_std.expand_as(output)], dim=-1)
+        if self.distribution_type is StateDependentNoiseDistribution:
+            # SB3's ActorCriticPolicy feeds the policy latent to gSDE as its features.
+            return th.cat([output, sde_log_std(policy, latent_pi)], dim=-1)
         if self.distribution_type is MultiCategoricalDistribution:
             return th.cat([_normalised(part) for part in th.split(output, list(self.action_dims), dim=-1)], dim=-1)
         if self.distribution_type is CategoricalDistribution:
@@ -76,7 +99,7 @@ class PolicyKL:
 
     def per_sample(self, teacher_params: th.Tensor, student_params: th.Tensor) -> th.Tensor:
         """KL per sample ``[batch]`` between flat teacher and student parameters."""
-        if self.distribution_type is DiagGaussianDistribution:
+        if self.distribution_type in GAUSSIAN_TYPES:
             teacher_mean, teacher_log_std = teacher_params.chunk(2, dim=-1)
             student_mean, student_log_std = student_params.chunk(2, dim=-1)
             if self.gaussian_target == "mean_mse":
@@ -109,6 +132,21 @@ class PolicyKL:
     @property
     def _fused_categorical(self) -> bool:
         return self.distribution_type is CategoricalDistribution and self.temperature == 1.0 and self.direction == "forward"
+
+
+def sde_log_std(policy: ActorCriticPolicy, latent_sde: th.Tensor) -> th.Tensor:
+    """Per-state log-std ``[batch, d]`` of a gSDE policy: 0.5 log(sum_j phi_j^2 sigma_ji^2 + epsilon), as SB3 builds it.
+
+    Reads the policy's own distribution settings (full_std, use_expln, learn_features, epsilon) and exploration scale,
+    so a teacher copy uses its own ``log_std``. One function for the student and the teacher: equal weights give
+    bit-equal parameters (a fresh snapshot's KL is exactly 0).
+    """
+    distribution = policy.action_dist
+    assert isinstance(distribution, StateDependentNoiseDistribution)
+    # Without learn_features SB3 stops the gradient into the features: the std then trains only through log_std.
+    features = latent_sde if distribution.learn_features else latent_sde.detach()
+    variance = th.mm(features**2, distribution.get_std(policy.log_std) ** 2)
+    return 0.5 * th.log(variance + distribution.epsilon)
 
 
 def _normalised(logits: th.Tensor) -> th.Tensor:

@@ -24,9 +24,14 @@ def frozen_copy(network: nn.Module) -> nn.Module:
         memo[id(optimizer)] = None
     # SB3 policies cache the last action distribution (non-leaf tensors, which cannot be deep-copied);
     # the copy gets its own empty cache, filled at its first forward pass.
-    last_distribution = getattr(getattr(network, "action_dist", None), "distribution", None)
+    action_dist = getattr(network, "action_dist", None)
+    last_distribution = getattr(action_dist, "distribution", None)
     if last_distribution is not None:
         memo[id(last_distribution)] = None
+    # gSDE also caches its sampled exploration noise, drawn from the log_std parameter (non-leaf as well).
+    for value in vars(action_dist).values() if action_dist is not None else ():
+        if isinstance(value, th.distributions.Distribution) or (isinstance(value, th.Tensor) and not value.is_leaf):
+            memo[id(value)] = None
     teacher = copy.deepcopy(network, memo)
     teacher.requires_grad_(False)
     teacher.train(False)
