@@ -133,3 +133,71 @@ def q_softmax_kl(
 ) -> th.Tensor:
     """KL between Boltzmann policies softmax(Q / temperature) of a teacher and a student Q-network."""
     return categorical_kl(teacher_q, student_q, temperature, direction, reduction)
+
+
+def deterministic_kl(teacher_actions: th.Tensor, student_actions: th.Tensor, temperature: float = 1.0) -> th.Tensor:
+    """Squared error ``||a_teacher - a_student||^2 / T`` per sample ``[batch, d] -> [batch]``: deterministic policies.
+
+    This is exactly the KL between Gaussians of equal variance ``sigma^2 = T / 2`` centred on the two actions:
+    ``KL(N(a_t, s^2 I) || N(a_s, s^2 I)) = ||a_t - a_s||^2 / (2 s^2)``, the same in both directions. A deterministic
+    policy is the limit s -> 0, where every KL diverges; for any other common s the KL is this value times
+    ``T / (2 s^2)`` (docs/algorithms.md). Tempering scales the variance by ``T``, as for ``gaussian_kl``.
+    """
+    squared_error = (teacher_actions - student_actions).pow(2).sum(dim=-1)
+    return squared_error if temperature == 1.0 else squared_error / temperature
+
+
+# Stands in for the logits of illegal actions: finite, so no product in the KL or its gradient meets inf - inf or
+# 0 * inf (an -inf fill would turn the backward pass into NaN), and far below any logit a network produces.
+_ILLEGAL_LOGIT = -1e30
+
+
+def masked_categorical_kl(
+    teacher_logits: th.Tensor,
+    student_logits: th.Tensor,
+    mask: th.Tensor,
+    temperature: float = 1.0,
+    direction: KLDirection = "forward",
+) -> th.Tensor:
+    """KL between categoricals restricted to the legal actions of each state ``[batch, n]`` -> ``[batch]``.
+
+    `mask` (bool or 0/1, True = legal) is one mask for both distributions: each is renormalised over the
+    legal actions, and illegal actions contribute exactly 0 (the limit 0 log 0), whatever their logits
+    (-inf or a large negative number from a masked policy included). A state without a legal action has KL 0.
+    """
+    p_logits, q_logits = _ordered_logits(teacher_logits, student_logits, temperature, direction)
+    legal = mask.bool()
+    log_p = F.log_softmax(p_logits.masked_fill(~legal, _ILLEGAL_LOGIT), dim=-1)
+    log_q = F.log_softmax(q_logits.masked_fill(~legal, _ILLEGAL_LOGIT), dim=-1)
+    terms = log_p.exp() * (log_p - log_q)
+    return th.where(legal, terms, th.zeros_like(terms)).sum(dim=-1)
+
+
+def masked_multi_categorical_kl(
+    teacher_logits: th.Tensor,
+    student_logits: th.Tensor,
+    mask: th.Tensor,
+    action_dims: Sequence[int],
+    temperature: float = 1.0,
+    direction: KLDirection = "forward",
+) -> th.Tensor:
+    """Masked KL for independent categoricals (MultiDiscrete; MultiBinary as categoricals of 2): logits and mask
+    concatenated along the last dim, one masked KL per categorical, summed."""
+    splits = list(action_dims)
+    parts = zip(
+        th.split(teacher_logits, splits, dim=-1), th.split(student_logits, splits, dim=-1), th.split(mask, splits, dim=-1)
+    )
+    kls = [masked_categorical_kl(t, s, m, temperature, direction) for t, s, m in parts]
+    return kls[0] if len(kls) == 1 else th.stack(kls, dim=-1).sum(dim=-1)
+
+
+def quantile_softmax_kl(
+    teacher_quantiles: th.Tensor,
+    student_quantiles: th.Tensor,
+    temperature: float = 1.0,
+    direction: KLDirection = "forward",
+    reduction: KLReduction = "none",
+) -> th.Tensor:
+    """KL between the Boltzmann policies of two quantile networks ``[batch, n_quantiles, n_actions]``: softmax over
+    the mean of the quantiles (the Q-values a QR-DQN acts on) divided by the temperature."""
+    return q_softmax_kl(teacher_quantiles.mean(dim=1), student_quantiles.mean(dim=1), temperature, direction, reduction)
