@@ -70,11 +70,28 @@ def locate_agent(source: Path, *, best: bool = False) -> Agent:
     """Resolve RUN_DIR (final, best or newest checkpointed model) or a model .zip inside a run directory.
 
     Never silently another model than asked for: `best` without a best_model.zip is an error, and a run
-    without a final model gives its newest checkpoint with a `kind` that says so.
+    without a final model gives its newest usable checkpoint with a `kind` that says so (damaged newer ones are
+    skipped with a warning line each). A model .zip that cannot be read is an error.
     """
-    from rl_selfdistill.run.checkpoints import list_checkpoints
+    agent = _locate(Path(source), best=best)
+    _check_readable(agent.model_path)
+    return agent
 
-    source = Path(source)
+
+def _check_readable(model: Path) -> None:
+    from rl_selfdistill.run.checkpoints import zip_problem
+
+    problem = zip_problem(model)
+    if problem is not None:
+        raise UsageError(
+            f"{str(model)!r} is damaged ({problem}) and cannot be loaded; "
+            "evaluate another model of the run, e.g. a checkpoint's (RUN_DIR/checkpoints/ckpt_<step>/model.zip)"
+        )
+
+
+def _locate(source: Path, *, best: bool) -> Agent:
+    from rl_selfdistill.run.checkpoints import newest_usable
+
     if not source.exists():
         raise UsageError(f"{str(source)!r} does not exist; pass a run directory (logs/<algo>/<env>_<N>) or a model .zip")
     run_dir = rundir.find_run_dir(source if source.is_dir() else source.parent)
@@ -97,11 +114,15 @@ def locate_agent(source: Path, *, best: bool = False) -> Agent:
         return Agent(config, run_dir, run_dir / rundir.BEST_MODEL, _existing(run_dir / rundir.BEST_VECNORMALIZE), "best model")
     if (run_dir / rundir.MODEL).is_file():
         return Agent(config, run_dir, run_dir / rundir.MODEL, _existing(run_dir / rundir.VECNORMALIZE), "final model")
-    checkpoints = list_checkpoints(run_dir)
-    if checkpoints:
-        newest = checkpoints[-1]
+    newest, damaged = newest_usable(run_dir)
+    if newest is not None:
         stats = _existing(newest / rundir.VECNORMALIZE)
-        return Agent(config, run_dir, newest / rundir.MODEL, stats, "newest checkpoint, the run has not finished")
+        kind = "newest usable checkpoint" if damaged else "newest checkpoint"
+        return Agent(config, run_dir, newest / rundir.MODEL, stats, f"{kind}, the run has not finished")
+    if damaged:
+        raise UsageError(
+            f"run {str(run_dir)!r} has no model.zip and all {len(damaged)} of its checkpoints are damaged (see above)"
+        )
     raise UsageError(f"run {str(run_dir)!r} has no model.zip and no complete checkpoint yet; train or --resume it first")
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from rl_selfdistill.benchmark.grid import RunSpec, RunState, run_state
 from rl_selfdistill.run import rundir
+from rl_selfdistill.run.checkpoints import UnrecoverableCheckpoints
 
 # Ray's object store only carries small job descriptions and outcomes here.
 _RAY_OBJECT_STORE_BYTES = 100 * 2**20
@@ -61,6 +62,10 @@ def execute_run(job: RunJob) -> RunOutcome:
     start = time.monotonic()
     try:
         _train_or_resume(job, state)
+    except UnrecoverableCheckpoints as error:  # not restarted behind the user's back: they decide, with this command
+        restart = rundir.format_command([rundir.PROGRAM, "train", "--resume", job.run_dir, "--restart-if-unrecoverable"])
+        message = f"{error.problem}; to start this cell over from step 0, run `{restart}`, then the benchmark again"
+        return RunOutcome(job.spec.label, str(job.run_dir), action, time.monotonic() - start, message)
     except Exception as error:  # noqa: BLE001 - reported per run, the grid goes on
         traceback.print_exc()  # the worker's stderr keeps the full story; the outcome carries one line
         message = f"{type(error).__name__}: {error}"

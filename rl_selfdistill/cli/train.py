@@ -52,8 +52,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume",
         type=Path,
         metavar="RUN_DIR",
-        help="continue RUN_DIR from its newest complete checkpoint; only -n (a larger budget), --save-freq, --eval-freq, "
-        "--device and --wandb-mode may be given with it",
+        help="continue RUN_DIR from its newest usable checkpoint (damaged ones are skipped, with a warning); only -n "
+        "(a larger budget), --save-freq, --eval-freq, --device and --wandb-mode may be given with it",
+    )
+    parser.add_argument(
+        "--restart-if-unrecoverable",
+        action="store_true",
+        help="with --resume, when every checkpoint of the run is damaged: move them to checkpoints/damaged-<time>/ and "
+        "start the run over from step 0 (without it such a resume stops with an error and changes nothing)",
     )
     add_hyperparams(parser, "override preset keys, e.g. n_steps:256")
     parser.add_argument(
@@ -128,7 +134,7 @@ def request_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rl_selfdistill.run import prepare_resume, prepare_run
+    from rl_selfdistill.run import prepare_run
     from rl_selfdistill.run.interrupts import RunInterrupted
     from rl_selfdistill.run.request import import_gym_packages
     from rl_selfdistill.run.rundir import PROGRAM, format_command
@@ -136,8 +142,10 @@ def run(args: argparse.Namespace) -> int:
     import_gym_packages(args.gym_packages)  # before --algo and --env are looked up
     if args.resume is not None:
         command = format_command([PROGRAM, *args.argv])
-        training = prepare_resume(args.resume, changes=resume_changes(args), command=command)
+        training = _prepare_resume(args, command)
     else:
+        if args.restart_if_unrecoverable:
+            raise UsageError("--restart-if-unrecoverable only applies to --resume RUN_DIR; drop it for a new run")
         training = prepare_run(request_from_args(args))
     try:
         with training:
@@ -150,6 +158,24 @@ def run(args: argparse.Namespace) -> int:
         return stop.exit_status
     print(f"finished: {training.run_dir}")
     return 0
+
+
+def _prepare_resume(args: argparse.Namespace, command: str) -> Any:
+    from rl_selfdistill.run import prepare_resume
+    from rl_selfdistill.run.checkpoints import UnrecoverableCheckpoints
+
+    try:
+        return prepare_resume(
+            args.resume,
+            changes=resume_changes(args),
+            command=command,
+            restart_if_unrecoverable=args.restart_if_unrecoverable,
+        )
+    except UnrecoverableCheckpoints as error:
+        raise UsageError(
+            f"{error.problem}; to start it over from step 0, keeping them in checkpoints/damaged-<time>/, "
+            "add --restart-if-unrecoverable"
+        ) from None
 
 
 def given_options(argv: list[str]) -> dict[str, str]:
@@ -176,7 +202,11 @@ def resume_changes(args: argparse.Namespace) -> dict[str, Any]:
 
     given = given_options(args.argv)
     # --gym-packages was imported already: it registers what the run needs, and changes nothing recorded.
-    fixed = sorted(name for dest, name in given.items() if dest not in RESUMABLE and dest not in ("resume", "gym_packages"))
+    fixed = sorted(
+        name
+        for dest, name in given.items()
+        if dest not in RESUMABLE and dest not in ("resume", "gym_packages", "restart_if_unrecoverable")
+    )
     if fixed:
         allowed = ", ".join(RESUMABLE.values())
         raise UsageError(

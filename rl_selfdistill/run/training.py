@@ -236,14 +236,19 @@ def prepare_resume(
     extra_tags: list[str] | None = None,
     changes: dict[str, Any] | None = None,
     command: str | None = None,
+    restart_if_unrecoverable: bool = False,
 ) -> TrainingRun:
-    """The run in `run_dir` restored from its newest complete checkpoint (or restarted if it has none).
+    """The run in `run_dir` restored from its newest usable checkpoint (or restarted if it has none yet).
 
     The run directory is locked first: nothing in it is read or rewound while another process runs it.
     `changes` (TrainRequest field -> value, only `request.RESUMABLE` fields) are applied, then recorded in
     config.yaml and in run.json's `resumes`: a new budget (`n_timesteps`, above the steps done; schedules
     then run to the new budget), `save_freq`, `eval_freq`, `device`, `wandb_mode`. `command` goes to
     command.txt (default: this process's command line).
+
+    Damaged checkpoints are skipped (one warning line each) and moved to checkpoints/damaged-<time>/. When every
+    checkpoint is damaged, `UnrecoverableCheckpoints` is raised and nothing is changed, unless
+    `restart_if_unrecoverable`: then they are moved aside and the run starts over from step 0.
     """
     changes = dict(changes or {})
     check_resume_changes(changes)
@@ -255,7 +260,14 @@ def prepare_resume(
     _refuse_finished(run_dir, rundir.read_run_info(run_dir) or {})
     lock = acquire(run_dir)
     try:
-        run = _restore(run_dir, callbacks=callbacks, extra_tags=extra_tags, changes=changes, command=command)
+        run = _restore(
+            run_dir,
+            callbacks=callbacks,
+            extra_tags=extra_tags,
+            changes=changes,
+            command=command,
+            restart_if_unrecoverable=restart_if_unrecoverable,
+        )
     except BaseException:
         lock.release()
         raise
@@ -270,9 +282,10 @@ def _restore(
     extra_tags: list[str] | None,
     changes: dict[str, Any],
     command: str | None,
+    restart_if_unrecoverable: bool = False,
 ) -> TrainingRun:
     from rl_selfdistill.run.build import build_envs, build_model
-    from rl_selfdistill.run.checkpoints import list_checkpoints, load_checkpoint
+    from rl_selfdistill.run.checkpoints import UnrecoverableCheckpoints, apply_recovery, inspect_checkpoints, load_checkpoint
 
     raw = rundir.read_raw_config(run_dir)
     # Custom envs and algorithms must be registered before the config is validated against them.
@@ -284,12 +297,14 @@ def _restore(
     state = rundir.read_run_state(run_dir) if (run_dir / rundir.RUN_STATE).exists() else rundir.initial_run_state(config)
     _refuse_finished(run_dir, state)
     check_device(config["options"]["device"])
-    checkpoints = list_checkpoints(run_dir)
-    if checkpoints:
-        model, eval_env, meta = load_checkpoint(checkpoints[-1], config)
+    recovery = inspect_checkpoints(run_dir)  # reads only: nothing changes before every check has passed
+    if recovery.unrecoverable and not restart_if_unrecoverable:
+        raise UnrecoverableCheckpoints(run_dir, recovery.damaged)
+    if recovery.checkpoint is not None:
+        model, eval_env, meta = load_checkpoint(recovery.checkpoint, config)
         state["wandb_run_id"] = meta.get("wandb_run_id") or state.get("wandb_run_id")
-        _say_if_replay_buffer_restarts(config, checkpoints[-1])
-    else:  # killed before its first checkpoint: start over in the same directory
+        _say_if_replay_buffer_restarts(config, recovery.checkpoint)
+    else:  # killed before its first checkpoint (or all damaged, and asked to): start over in the same directory
         env, eval_env = build_envs(config, seed=config["seed"])
         model = build_model(config, env)
     steps = int(model.num_timesteps)
@@ -299,6 +314,7 @@ def _restore(
         rundir.write_config(run_dir, raw)
         state["n_timesteps"] = config["hyperparams"]["n_timesteps"]
     state["resumes"] = [*state.get("resumes", []), {"step": steps, "at": rundir.utc_now(), "changes": changes}]
+    apply_recovery(run_dir, recovery)
     history = rundir.rewind_logs(run_dir, steps)
     run = TrainingRun(
         config,
@@ -358,11 +374,18 @@ def resume_training(
     callbacks: list[Any] | None = None,
     extra_tags: list[str] | None = None,
     changes: dict[str, Any] | None = None,
+    restart_if_unrecoverable: bool = False,
 ) -> Path:
-    """Continue a run from its newest complete checkpoint to its budget; returns the run directory.
+    """Continue a run from its newest usable checkpoint to its budget; returns the run directory.
 
-    `changes` as for `prepare_resume` (e.g. {"n_timesteps": 2_000_000} extends the run).
+    `changes` and `restart_if_unrecoverable` as for `prepare_resume` (e.g. {"n_timesteps": 2_000_000} extends the run).
     """
-    with prepare_resume(run_dir, callbacks=callbacks, extra_tags=extra_tags, changes=changes) as run:
+    with prepare_resume(
+        run_dir,
+        callbacks=callbacks,
+        extra_tags=extra_tags,
+        changes=changes,
+        restart_if_unrecoverable=restart_if_unrecoverable,
+    ) as run:
         run.train()
     return run.run_dir
