@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import pytest
 import stable_baselines3
-from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 
 from rl_selfdistill.algos import ported
 
 
 @pytest.mark.parametrize(
-    "source,function", [(ported.PPO_TRAIN, PPO.train), (ported.DQN_TRAIN, DQN.train), (ported.A2C_TRAIN, A2C.train)]
+    "source,function",
+    [
+        (ported.PPO_TRAIN, PPO.train),
+        (ported.DQN_TRAIN, DQN.train),
+        (ported.A2C_TRAIN, A2C.train),
+        (ported.SAC_TRAIN, SAC.train),
+        (ported.TD3_TRAIN, TD3.train),
+    ],
 )
 def test_copied_train_matches_installed_sb3(source, function):
     installed = source.installed_sha256(function)

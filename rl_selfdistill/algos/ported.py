@@ -39,3 +39,10 @@ DQN_TRAIN = PortedSource(
 A2C_TRAIN = PortedSource(
     "stable_baselines3.A2C.train", "8a515e91f6fd614931f862ce21c48c82ccfce120c48e26e37fe05b720202439d", "2.7.0-2.9.2"
 )
+# SAC.train and TD3.train: identical in the same releases, checked the same way.
+SAC_TRAIN = PortedSource(
+    "stable_baselines3.SAC.train", "5a13788145b0225737bdd9ca9e64db41b0d210e987af273f2d1a2dc73f2a6707", "2.7.0-2.9.2"
+)
+TD3_TRAIN = PortedSource(
+    "stable_baselines3.TD3.train", "46115b51179e60b75fd96f85f10eac6556534edd08de890221c7e488c8faf367", "2.7.0-2.9.2"
+)

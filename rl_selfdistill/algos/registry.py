@@ -31,6 +31,7 @@ class AlgoEntry:
         (its comparison partner in reports); None for a plain algorithm.
     :param training: ``on_policy`` (rollout buffer, like PPO) or ``off_policy`` (replay buffer, like DQN).
     :param discrete_only: True when the algorithm needs a Discrete action space.
+    :param continuous_only: True when the algorithm needs a Box (continuous) action space.
     :param colour: matplotlib colour of its curves and intervals.
     :param preset: name of its preset file in ``agents/`` (default: the algorithm's name).
     :param extra: the pip extra that provides its dependencies, named in the error when it is missing.
@@ -41,6 +42,7 @@ class AlgoEntry:
     base: str | None = None
     training: Training = "on_policy"
     discrete_only: bool = False
+    continuous_only: bool = False
     colour: str | None = None
     preset: str | None = None
     extra: str | None = None
@@ -144,6 +146,24 @@ BUILT_IN: tuple[AlgoEntry, ...] = (
     ),
     AlgoEntry("a2c", "stable_baselines3:A2C", colour="#006d5b"),
     AlgoEntry("sd_a2c", "rl_selfdistill.algos.a2c:SelfDistillA2C", base="a2c", colour="#b8860b"),
+    AlgoEntry("sac", "stable_baselines3:SAC", training="off_policy", continuous_only=True, colour="#4682b4"),
+    AlgoEntry(
+        "sd_sac",
+        "rl_selfdistill.algos.sac:SelfDistillSAC",
+        base="sac",
+        training="off_policy",
+        continuous_only=True,
+        colour="#c71585",
+    ),
+    AlgoEntry("td3", "stable_baselines3:TD3", training="off_policy", continuous_only=True, colour="#800000"),
+    AlgoEntry(
+        "sd_td3",
+        "rl_selfdistill.algos.td3:SelfDistillTD3",
+        base="td3",
+        training="off_policy",
+        continuous_only=True,
+        colour="#7b68ee",
+    ),
 )
 for _entry in BUILT_IN:
     register(_entry)

@@ -84,8 +84,9 @@ class Manifest:
 
 
 def incompatibility(algo: str, env_id: str) -> str | None:
-    """Why `algo` cannot train on `env_id`, or None. Only a discrete-action need is known up front."""
-    if not registry.get(algo).discrete_only:
+    """Why `algo` cannot train on `env_id`, or None. Only a discrete- or continuous-action need is known up front."""
+    entry = registry.get(algo)
+    if not (entry.discrete_only or entry.continuous_only):
         return None
     try:
         import gymnasium
@@ -95,9 +96,11 @@ def incompatibility(algo: str, env_id: str) -> str | None:
         return None
     space = env.action_space
     env.close()
-    if isinstance(space, gymnasium.spaces.Discrete):
-        return None
-    return f"{algo} needs a discrete action space, {env_id} has {type(space).__name__}"
+    if entry.discrete_only and not isinstance(space, gymnasium.spaces.Discrete):
+        return f"{algo} needs a discrete action space, {env_id} has {type(space).__name__}"
+    if entry.continuous_only and not isinstance(space, gymnasium.spaces.Box):
+        return f"{algo} needs a continuous (Box) action space, {env_id} has {type(space).__name__}"
+    return None
 
 
 def run_dir_for(out: Path, algo: str, env_id: str, seed: int) -> Path:

@@ -94,6 +94,10 @@ def check_action_space(algo: str, env: Any) -> None:
         usable = [name for name in registry.names() if not registry.get(name).discrete_only]
         kind = type(env.action_space).__name__
         raise UsageError(f"{algo} needs a discrete action space, this env's is {kind}; use one of {', '.join(usable)}")
+    if registry.get(algo).continuous_only and not isinstance(env.action_space, spaces.Box):
+        usable = [name for name in registry.names() if not registry.get(name).continuous_only]
+        kind = type(env.action_space).__name__
+        raise UsageError(f"{algo} needs a continuous (Box) action space, this env's is {kind}; use one of {', '.join(usable)}")
 
 
 def torch_threads(config: dict[str, Any]) -> int:
