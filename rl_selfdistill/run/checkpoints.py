@@ -199,6 +199,8 @@ def newest_usable(run_dir: Path, *, warn: bool = True) -> tuple[Path | None, lis
         problem = checkpoint_problem(path)
         if problem is None:
             return path, damaged
+        if not path.exists():
+            continue  # pruned (renamed away at once) by a run writing checkpoints while this reads: not damage
         damaged.append((path, problem))
         if warn:
             print(f"warning: skipping damaged checkpoint {path} ({problem})", file=sys.stderr)
