@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from rl_selfdistill import validators as v
+from rl_selfdistill.errors import UsageError
 
 ACTIVATIONS = {"tanh": "Tanh", "relu": "ReLU", "elu": "ELU", "leaky_relu": "LeakyReLU", "gelu": "GELU", "silu": "SiLU"}
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}
@@ -27,6 +28,10 @@ REPLAY_BUFFERS: dict[str, str] = {
     "HerReplayBuffer": "stable_baselines3.her.her_replay_buffer:HerReplayBuffer",
 }
 POLICIES = ("MlpPolicy", "CnnPolicy", "MultiInputPolicy")
+ACTION_NOISES: dict[str, str] = {
+    "normal": "stable_baselines3.common.noise:NormalActionNoise",
+    "ornstein-uhlenbeck": "stable_baselines3.common.noise:OrnsteinUhlenbeckActionNoise",
+}
 
 
 def import_named(path: str) -> Any:
@@ -115,7 +120,25 @@ META_KEYS: dict[str, v.Validator] = {
     "wrapper_kwargs": v.mapping,  # Atari preprocessing options (rl_selfdistill.envs.AtariSettings fields)
     "max_episode_steps": v.optional(v.int_at_least(1)),
     "policy_kwargs": policy_kwargs,
+    # Exploration noise of off-policy algorithms with a deterministic actor (TD3), as the Zoo writes it.
+    "noise_type": v.optional(v.choice(*ACTION_NOISES)),
+    "noise_std": v.float_in(0.0, open_low=True),
 }
+
+
+def action_noise(hyperparams: Mapping[str, Any], action_space: Any) -> Any:
+    """The Zoo's ``noise_type`` / ``noise_std`` as an SB3 ActionNoise over every action dimension, or None."""
+    kind = hyperparams.get("noise_type")
+    if kind is None:
+        return None
+    if "noise_std" not in hyperparams:
+        raise UsageError(f"noise_type {kind!r} needs noise_std, the standard deviation of the action noise")
+    import numpy as np
+
+    n_actions = int(np.prod(action_space.shape))
+    sigma = float(hyperparams["noise_std"]) * np.ones(n_actions)
+    return import_named(ACTION_NOISES[kind])(mean=np.zeros(n_actions), sigma=sigma)
+
 
 # Values that SB3 takes as objects, built from their validated data form.
 SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf", "distill_coef")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -119,16 +120,24 @@ def torch_threads(config: dict[str, Any]) -> int:
 def build_model(config: dict[str, Any], env: Any) -> Any:
     from rl_selfdistill import config as cfg
     from rl_selfdistill.algos import registry
+    from rl_selfdistill.config.policy import action_noise
 
     torch_threads(config)
     hyperparams = config["hyperparams"]
-    return registry.algo_class(config["algo"])(
+    algo_class = registry.algo_class(config["algo"])
+    kwargs = cfg.model_kwargs(hyperparams)
+    noise = action_noise(hyperparams, env.action_space)
+    if noise is not None:
+        if "action_noise" not in inspect.signature(algo_class).parameters:
+            raise UsageError(f"{config['algo']} takes no action noise; drop noise_type and noise_std")
+        kwargs["action_noise"] = noise
+    return algo_class(
         hyperparams.get("policy", "MlpPolicy"),
         env,
         seed=config["seed"],
         device=config["options"]["device"],
         verbose=0,
-        **cfg.model_kwargs(hyperparams),
+        **kwargs,
     )
 
 
