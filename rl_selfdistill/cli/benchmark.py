@@ -10,6 +10,7 @@ from rl_selfdistill.benchmark import grid
 from rl_selfdistill.benchmark.grid import EnvBudget, Manifest, RunSpec, RunState
 from rl_selfdistill.cli.common import add_command, add_gym_packages, add_hyperparams
 from rl_selfdistill.errors import UsageError
+from rl_selfdistill.paths import check_writable_folder
 
 HELP = "run an algo x env x seed grid of training runs (local process pool or Ray)"
 DESCRIPTION = (
@@ -113,11 +114,14 @@ def canonical_command(args: argparse.Namespace) -> str:
 
 
 def requested_manifest(args: argparse.Namespace) -> Manifest:
+    from rl_selfdistill.algos import registry
     from rl_selfdistill.config import parse_params
     from rl_selfdistill.run.rundir import git_commit
     from rl_selfdistill.tune.seeds import check_reporting_seeds
 
     grid.validate_algos(args.algos)
+    if args.hyperparams and not any(registry.is_distilling(algo) for algo in args.algos):
+        raise UsageError("-params applies to the self-distilling algorithms only, and --algos names none; drop -params")
     if args.seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
     check_reporting_seeds(range(args.first_seed, args.first_seed + args.seeds), allow_tuning_seeds=args.allow_tuning_seeds)
@@ -198,9 +202,11 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
 
     import_gym_packages(args.gym_packages)  # before --algos and --envs are looked up
     out: Path = args.output
+    check_writable_folder(out, "-o")
     manifest = grid.merge_manifest(grid.load_manifest(out), requested_manifest(args))
     specs = requested_specs(args, manifest)
     _check_budgets(out, specs)
+    check_cells(build_jobs(args, manifest, specs))  # a bad -params fails now, not after the first cells trained
     invocation = {
         "command": canonical_command(args),
         "started_at": grid.utc_now(),
@@ -224,6 +230,27 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     grid.save_manifest(out, manifest)
     print(f"benchmark {manifest.benchmark_id}: {len(jobs) - failures}/{len(jobs)} runs ok; next: rl-selfdistill report {out}")
     return 1 if failures else 0
+
+
+def check_cells(jobs: list[Any]) -> None:
+    """Resolve each (algo, env) cell's configuration as its run will: every key and combination checked up front."""
+    import dataclasses
+
+    from rl_selfdistill.benchmark.runners import build_train_request
+    from rl_selfdistill.run.request import resolve_config
+
+    checked: set[tuple[str, str]] = set()
+    for job in jobs:
+        cell = (job.spec.algo, job.spec.env_id)
+        if cell in checked:
+            continue
+        checked.add(cell)
+        # run_dir=None: a cell may exist already (it is resumed); its folder's writability was checked with -o.
+        request = dataclasses.replace(build_train_request(job), run_dir=None, log_folder=job.run_dir.parent)
+        try:
+            resolve_config(request)
+        except UsageError as error:
+            raise UsageError(f"{job.spec.algo} on {job.spec.env_id}: {error}") from None
 
 
 def _check_budgets(out: Path, specs: list[RunSpec]) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from rl_selfdistill.cli.common import add_command, add_gym_packages
 from rl_selfdistill.errors import UsageError
+from rl_selfdistill.paths import check_writable_folder
 
 HELP = "aggregate a benchmark folder with rliable: summary.json, report.md, PNG figures"
 DEFAULT_REPS = 2000
@@ -57,6 +58,9 @@ def run_report_command(args: argparse.Namespace) -> int:
         raise UsageError("a benchmark folder is named twice; name each once")
     if args.reps < 100:
         raise UsageError(f"--reps {args.reps} is too few for a 95% interval; use at least 100")
+    for flag, folder in (("-o", args.output), ("--publish", args.publish)):
+        if folder is not None:
+            check_writable_folder(folder, flag)  # before the bootstrap, not after it
     if args.publish is not None:
         args.outputs = [_published(args)]
     options = {

@@ -10,6 +10,7 @@ from typing import Any
 from rl_selfdistill.algos import registry
 from rl_selfdistill.cli.common import add_command, add_hyperparams
 from rl_selfdistill.errors import UsageError
+from rl_selfdistill.paths import check_writable_folder
 
 HELP = "paired A B A B fps comparison of two algos or env backends on one env"
 DESCRIPTION = (
@@ -59,9 +60,13 @@ def throughput_settings(args: argparse.Namespace) -> Any:
     from rl_selfdistill.benchmark.throughput import ThroughputSettings
 
     positive = {"-n": args.timesteps, "--n-envs": args.n_envs, "--n-steps": args.n_steps, "--batch-size": args.batch_size}
+    if args.threads is not None:
+        positive["--threads"] = args.threads
     for flag, value in positive.items():
         if value < 1:
             raise UsageError(f"{flag} must be positive, got {value}")
+    if args.warmup is not None and args.warmup < 0:
+        raise UsageError(f"--warmup must be at least 0, got {args.warmup}")
     return ThroughputSettings(
         n_envs=args.n_envs,
         timesteps=args.timesteps,
@@ -99,12 +104,25 @@ def _sd_params(args: argparse.Namespace) -> dict[str, Any]:
     return validate_hyperparams(sd_algo, params, what="-params") if params else {}
 
 
+def check_model_settings(spec: Any, settings: Any) -> None:
+    """The constructor arguments `spec`'s model will get, checked like a preset's (ranges, SB3's asserts) before any trial."""
+    from rl_selfdistill.benchmark.throughput import algo_kwargs
+    from rl_selfdistill.config import validate_hyperparams
+
+    kwargs = {key: value for key, value in algo_kwargs(spec, settings).items() if key not in ("seed", "device", "verbose")}
+    validate_hyperparams(spec.algo, {**kwargs, "n_envs": settings.n_envs}, what=f"the settings of {spec.label}")
+
+
 def run_throughput_command(args: argparse.Namespace) -> int:
     from rl_selfdistill.benchmark.throughput import AlgoSpec, check_pair, format_result, measure_throughput
 
     a, b = AlgoSpec.parse(args.a), AlgoSpec.parse(args.b)
     check_pair(a, b, args.pairs)
     settings = throughput_settings(args)
+    for spec in (a, b):
+        check_model_settings(spec, settings)
+    if args.json is not None:
+        check_writable_folder(args.json.parent, "--json's folder")
     if args.threads is not None:
         import torch
 

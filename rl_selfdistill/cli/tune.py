@@ -13,6 +13,7 @@ from typing import Any
 
 from rl_selfdistill.cli.common import HelpFormatter, add_command, add_gym_packages
 from rl_selfdistill.errors import UsageError
+from rl_selfdistill.paths import check_writable_folder
 from rl_selfdistill.tune.seeds import TUNING_SEED_START
 
 HELP = "tune hyperparameters with Optuna on tuning seeds; resumable, several workers, summary with the best command"
@@ -86,6 +87,7 @@ def run_tune_command(args: argparse.Namespace) -> int:
         raise UsageError("-o STUDY_DIR is required; it holds the study journal, the trials' runs and the summary")
     if importlib.util.find_spec("optuna") is None:
         raise UsageError("tune needs Optuna; pip install 'rl-selfdistill[tune]'")
+    check_writable_folder(args.output, "-o")
     settings = tune_settings(args, space)
     from rl_selfdistill.tune import study as studies
     from rl_selfdistill.tune.summary import write_summary
@@ -117,9 +119,12 @@ def tune_settings(args: argparse.Namespace, space: Any) -> Any:
         ("--n-startup-trials", args.n_startup_trials, 0),
         ("--save-freq", args.save_freq, 0),
         ("--n-warmup-evals", args.n_warmup_evals or 0, 0),
+        ("--sampler-seed", args.sampler_seed or 0, 0),
     ):
         if value < minimum:
             raise UsageError(f"{flag} must be at least {minimum}, got {value}")
+    if (args.sampler_seed or 0) >= 2**32:
+        raise UsageError(f"--sampler-seed must be below 2**32, got {args.sampler_seed}")
     if not args.suite and not args.envs:
         raise UsageError("name the envs to tune on: --envs ENV_ID ... or --suite NAME")
     envs = env_targets(args.suite, args.envs, args.n_timesteps)
