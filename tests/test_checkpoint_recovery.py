@@ -7,7 +7,11 @@ it the way a disk, a kill or a user would (truncated, flipped bytes, deleted fil
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,6 +209,50 @@ def test_leftovers_of_killed_writes_and_prunes_are_removed_with_a_note(interrupt
     assert "damaged" not in err and not any(path.exists() for path in leftovers)
     assert json.loads((interrupted / "run.json").read_text())["resumes"][-1]["step"] == NEWEST
     assert not list(folder.glob(".t*"))  # pruning left no .trash- folder of its own
+
+
+# `python -c KILLED_PRUNE ARGS...`: `rl-selfdistill ARGS...` whose prunes delete one file, say so and hang, so that
+# a test can SIGKILL the process in the middle of deleting a checkpoint. The hang lives here, not in the package.
+KILLED_PRUNE = """
+import shutil, sys, time
+from pathlib import Path
+from rl_selfdistill.cli import main
+from rl_selfdistill.run import checkpoints
+real_rmtree = shutil.rmtree
+def rmtree(path, *args, **kwargs):
+    if Path(path).name.startswith(checkpoints.TRASH_PREFIX):
+        sorted(Path(path).iterdir())[0].unlink()
+        print("pruning", path, flush=True)
+        time.sleep(600)
+    real_rmtree(path, *args, **kwargs)
+shutil.rmtree = rmtree
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_in_the_middle_of_a_prune_leaves_no_partial_checkpoint(tmp_path: Path, isolated_home: Path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["train", "--algo", "ppo", "--env", "CartPole-v1", "-n", str(BUDGET), "--seed", "1", "--vec-env", "dummy"]
+    args += ["--n-envs", "1", "--eval-freq", "0", "--save-freq", str(SAVE_FREQ), "--keep-checkpoints", "1"]
+    args += ["--wandb-mode", "disabled", "--verbose", "0", "--run-dir", str(run_dir), "-params", "n_steps:64"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", KILLED_PRUNE, *args], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()  # the second checkpoint (128) prunes the first (64)
+        assert line.startswith("pruning"), line
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    folder = run_dir / "checkpoints"
+    [trash] = folder.glob(".trash-ckpt_000000000064-*")
+    assert [path.name for path in folder.glob("ckpt_*")] == ["ckpt_000000000128"]
+    assert checkpoint_problem(_ckpt(run_dir, 128)) is None  # the one left is whole: what the resume uses
+
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    (note,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert trash.name in note and not trash.exists()
+    assert json.loads((run_dir / "run.json").read_text())["resumes"][-1]["step"] == 128
 
 
 def test_benchmark_worker_refuses_a_cell_whose_checkpoints_are_all_damaged(interrupted: Path, monkeypatch):
