@@ -13,15 +13,27 @@ if TYPE_CHECKING:
     from rl_selfdistill.algos.a2c import SelfDistillA2C
     from rl_selfdistill.algos.dqn import SelfDistillDQN
     from rl_selfdistill.algos.ppo import SelfDistillPPO
+    from rl_selfdistill.algos.recurrent_ppo import SelfDistillRecurrentPPO
     from rl_selfdistill.algos.sac import SelfDistillSAC
     from rl_selfdistill.algos.td3 import SelfDistillTD3
+    from rl_selfdistill.algos.trpo import SelfDistillTRPO
 
-__all__ = ["SelfDistillA2C", "SelfDistillDQN", "SelfDistillPPO", "SelfDistillSAC", "SelfDistillTD3"]
+__all__ = [
+    "SelfDistillA2C",
+    "SelfDistillDQN",
+    "SelfDistillPPO",
+    "SelfDistillRecurrentPPO",
+    "SelfDistillSAC",
+    "SelfDistillTD3",
+    "SelfDistillTRPO",
+]
 
 _LAZY = {
     "SelfDistillPPO": "rl_selfdistill.algos.ppo",
     "SelfDistillDQN": "rl_selfdistill.algos.dqn",
     "SelfDistillA2C": "rl_selfdistill.algos.a2c",
+    "SelfDistillRecurrentPPO": "rl_selfdistill.algos.recurrent_ppo",
+    "SelfDistillTRPO": "rl_selfdistill.algos.trpo",
     "SelfDistillSAC": "rl_selfdistill.algos.sac",
     "SelfDistillTD3": "rl_selfdistill.algos.td3",
 }

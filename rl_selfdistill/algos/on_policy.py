@@ -57,10 +57,14 @@ class OnPolicyDistillMixin(SelfDistillMixin):
         super()._setup_model()  # type: ignore[misc]
         if self.distiller.enabled:
             self.policy_kl = PolicyKL.for_policy(self.policy, self.distiller.config)
-            vec_normalize = self.get_vec_normalize_env()
-            if vec_normalize is not None and vec_normalize.norm_obs and isinstance(self.rollout_buffer, IndexedRolloutBuffer):
-                self.rollout_buffer.raw_observation_source = vec_normalize.get_original_obs
+            self._connect_raw_observations()
         self._bind_teacher_storage(self.policy)
+
+    def _connect_raw_observations(self) -> None:
+        """Under VecNormalize the buffer also keeps raw observations, which a teacher normalises with its own statistics."""
+        vec_normalize = self.get_vec_normalize_env()
+        if vec_normalize is not None and vec_normalize.norm_obs and isinstance(self.rollout_buffer, IndexedRolloutBuffer):
+            self.rollout_buffer.raw_observation_source = vec_normalize.get_original_obs
 
     def _indexed_buffer_class(self) -> type[RolloutBuffer] | type[DictRolloutBuffer]:
         """The rollout buffer class to use: SB3's, recording batch indices for the teacher rows."""

@@ -146,6 +146,16 @@ BUILT_IN: tuple[AlgoEntry, ...] = (
     ),
     AlgoEntry("a2c", "stable_baselines3:A2C", colour="#006d5b"),
     AlgoEntry("sd_a2c", "rl_selfdistill.algos.a2c:SelfDistillA2C", base="a2c", colour="#b8860b"),
+    AlgoEntry("ppo_lstm", "sb3_contrib:RecurrentPPO", colour="#4b0082", extra="contrib"),
+    AlgoEntry(
+        "sd_ppo_lstm",
+        "rl_selfdistill.algos.recurrent_ppo:SelfDistillRecurrentPPO",
+        base="ppo_lstm",
+        colour="#ff1493",
+        extra="contrib",
+    ),
+    AlgoEntry("trpo", "sb3_contrib:TRPO", colour="#556b2f", extra="contrib"),
+    AlgoEntry("sd_trpo", "rl_selfdistill.algos.trpo:SelfDistillTRPO", base="trpo", colour="#00bfff", extra="contrib"),
     AlgoEntry("sac", "stable_baselines3:SAC", training="off_policy", continuous_only=True, colour="#4682b4"),
     AlgoEntry(
         "sd_sac",

@@ -216,18 +216,22 @@ def algo_kwargs(spec: AlgoSpec, settings: ThroughputSettings) -> dict[str, Any]:
     return common
 
 
-def policy_for(env: Any) -> str:
-    """CnnPolicy for image observations (Atari frames), MlpPolicy otherwise: what SB3 users pick."""
+def policy_for(env: Any, algo_class: type | None = None) -> str:
+    """CnnPolicy for image observations (Atari frames), MlpPolicy otherwise: what SB3 users pick. A class whose
+    policies have other names (RecurrentPPO's MlpLstmPolicy) gets its own alias of that kind."""
     from stable_baselines3.common.preprocessing import is_image_space
 
-    return "CnnPolicy" if is_image_space(env.observation_space) else "MlpPolicy"
+    kind = "Cnn" if is_image_space(env.observation_space) else "Mlp"
+    aliases = getattr(algo_class, "policy_aliases", {})
+    return next((name for name in aliases if name.startswith(kind)), f"{kind}Policy")
 
 
 def build_model(env_id: str, spec: AlgoSpec, settings: ThroughputSettings) -> Any:
     from rl_selfdistill.envs import make_vec_env
 
     env = make_vec_env(env_id, n_envs=settings.n_envs, backend=spec.backend, seed=settings.seed)
-    return registry.algo_class(spec.algo)(policy_for(env), env, **algo_kwargs(spec, settings))
+    algo_class = registry.algo_class(spec.algo)
+    return algo_class(policy_for(env, algo_class), env, **algo_kwargs(spec, settings))
 
 
 def update_phase_timer() -> Any:

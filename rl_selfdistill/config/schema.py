@@ -150,7 +150,8 @@ def hyperparameter_schema(algo: str) -> dict[str, v.Validator]:
     """Every key a preset may set for `algo`, with its validator."""
     entry = registry.get(algo)
     cls = entry.load_class()
-    keys = {**META_KEYS, **constructor_keys(cls)}
+    # The policy names are the class's own aliases (RecurrentPPO's are MlpLstmPolicy, ...).
+    keys = {**META_KEYS, "policy": v.choice(*sb3_parent(cls).policy_aliases), **constructor_keys(cls)}
     if entry.is_distilling:
         keys.update(distill_keys(cls))
     return keys
