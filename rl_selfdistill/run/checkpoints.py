@@ -11,10 +11,11 @@ checkpoints/damaged-<UTC time>/ckpt_<step>/   damaged checkpoints a resume moved
 What a resume finds in checkpoints/ (`inspect_checkpoints`), under the run's lock:
 - usable: meta.json loads and names the folder's step, every file it lists has its size and SHA-256 (checkpoints
   written before checksums were recorded: sizes only), model.zip opens as a zip whose members pass their CRC
-  checks, rng.pkl and vecnormalize.pkl unpickle. The newest usable one is loaded.
-- damaged (kept: moved to damaged-<UTC time>/, never deleted): a ckpt_ folder newer than the one loaded that fails
-  any check. Files only go missing from a ckpt_ folder when they are deleted, never by a killed write (written
-  in a temp folder, renamed once complete), so a newest checkpoint with missing files is damage too.
+  checks and holds a saved model, rng.pkl and vecnormalize.pkl unpickle. The newest usable one is loaded.
+- damaged (kept: moved to damaged-<UTC time>/, never deleted): a non-empty ckpt_ folder newer than the one loaded
+  (every one, when none is usable) that fails any check. Files only go missing from a ckpt_ folder when they are
+  deleted, never by a killed write (written in a temp folder, renamed once complete) or prune (renamed first), so a
+  newest checkpoint with missing files is damage too.
 - leftover (removed, with a note): temp folders of a killed write (.tmp-*) or prune (.trash-*), empty ckpt_
   folders, and ckpt_ folders older than the one loaded that lack meta.json or a file it lists: what a prune
   killed in the middle of deleting files left behind (pruning now renames first, older versions deleted in place).
@@ -50,7 +51,7 @@ _HASH_CHUNK = 2**20
 
 
 class UnrecoverableCheckpoints(UsageError):
-    """Every checkpoint of a run is damaged: resuming would silently start over. Nothing was changed.
+    """Every checkpoint of a run is damaged, so a resume has nothing to continue from; nothing was changed.
 
     `problem` says what is wrong without a remedy, for callers that phrase the remedy in their own terms.
     """
@@ -65,6 +66,9 @@ class UnrecoverableCheckpoints(UsageError):
             f"{self.problem}; resume with restart_if_unrecoverable=True to start it over from step 0 "
             f"(the damaged checkpoints are kept in {rundir.CHECKPOINTS}/{DAMAGED_PREFIX}<time>/)"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (process pools, Ray) despite its own constructor
+        return type(self), (self.run_dir, self.damaged)
 
 
 @dataclass
