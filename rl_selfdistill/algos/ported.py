@@ -23,6 +23,12 @@ class PortedSource:
     name: str
     sha256: str
     sb3_versions: str
+    #: Older releases whose source differs from the copied one, each difference reviewed: (fingerprint, what differs).
+    #: The copy runs on them as on the releases it was ported from, but not bit for bit like their own train().
+    reviewed_older: tuple[tuple[str, str], ...] = ()
+
+    def accepts(self, installed: str) -> bool:
+        return installed == self.sha256 or installed in dict(self.reviewed_older)
 
     def installed_sha256(self, function: Callable[..., Any]) -> str:
         return hashlib.sha256(textwrap.dedent(inspect.getsource(function)).encode()).hexdigest()
@@ -45,4 +51,31 @@ SAC_TRAIN = PortedSource(
 )
 TD3_TRAIN = PortedSource(
     "stable_baselines3.TD3.train", "46115b51179e60b75fd96f85f10eac6556534edd08de890221c7e488c8faf367", "2.7.0-2.9.2"
+)
+# RecurrentPPO.train and TRPO.train are identical in sb3-contrib 2.8.0, 2.9.0 and 2.9.2, the versions copied (each
+# release's wheel). In 2.7.0 and 2.7.1 RecurrentPPO.train adds n_epochs to _n_updates after the epochs, also after a
+# target_kl early stop (the parameters train identically); TRPO.train computes the line search's maximal step in float32 tensors (th.sqrt) instead of a
+# float64 number (the same algorithm, last-bit differences in the step) and zips without strict=True. The copies
+# follow 2.8 on 2.7 too.
+RECURRENT_PPO_TRAIN = PortedSource(
+    "sb3_contrib.RecurrentPPO.train",
+    "4fab73aa4c90cc7930d5acfd94442eca1b6695f229054e3ce8cc3d2835c16c16",
+    "2.8.0-2.9.2",
+    reviewed_older=(
+        (
+            "b93338b869af4b01d23e5fda5a1171825ce781ce3a369389a170fc5b582506ef",
+            "2.7.x adds n_epochs to _n_updates after the epochs instead of 1 per epoch run; parameters train identically",
+        ),
+    ),
+)
+TRPO_TRAIN = PortedSource(
+    "sb3_contrib.TRPO.train",
+    "7a64927a299685ecfb8457c7e8e308bea46da9ed409a60544c350e1374116afd",
+    "2.8.0-2.9.2",
+    reviewed_older=(
+        (
+            "e34c34cdfe7923005bdaf33aa10736c2d075e4f14ca5331635637295cf5657a7",
+            "2.7.x computes the line search's maximal step in float32 (th.sqrt) instead of float64: last-bit differences",
+        ),
+    ),
 )
