@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 import pytest
-from sb3_contrib import TRPO, RecurrentPPO
+from sb3_contrib import QRDQN, TRPO, MaskablePPO, RecurrentPPO
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 
 from rl_selfdistill.algos import ported
@@ -19,6 +19,8 @@ from rl_selfdistill.algos import ported
         (ported.A2C_TRAIN, A2C.train),
         (ported.SAC_TRAIN, SAC.train),
         (ported.TD3_TRAIN, TD3.train),
+        (ported.QRDQN_TRAIN, QRDQN.train),
+        (ported.MASKABLE_PPO_TRAIN, MaskablePPO.train),
         (ported.RECURRENT_PPO_TRAIN, RecurrentPPO.train),
         (ported.TRPO_TRAIN, TRPO.train),
     ],

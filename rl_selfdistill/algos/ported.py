@@ -52,6 +52,26 @@ SAC_TRAIN = PortedSource(
 TD3_TRAIN = PortedSource(
     "stable_baselines3.TD3.train", "46115b51179e60b75fd96f85f10eac6556534edd08de890221c7e488c8faf367", "2.7.0-2.9.2"
 )
+# sb3-contrib: QRDQN.train is identical in sb3-contrib 2.7.0, 2.7.1, 2.8.0, 2.9.0 and 2.9.2 (each release's wheel).
+QRDQN_TRAIN = PortedSource(
+    "sb3_contrib.QRDQN.train", "cacae15d35eea1b97f7428877e96fedc5d1b4b69ad1b7bea2c3ef9530b282a34", "2.7.0-2.9.2"
+)
+# MaskablePPO.train is identical in 2.8.0, 2.9.0 and 2.9.2, the version copied. In 2.7.0 and 2.7.1 it differs in one
+# place: it adds n_epochs to _n_updates after the epochs, also when target_kl stopped them early (2.8 counts the
+# epochs run). The copy counts as 2.8 does on 2.7 too; the parameters train identically.
+MASKABLE_PPO_TRAIN = PortedSource(
+    "sb3_contrib.MaskablePPO.train",
+    "257061c029a4c355cfaf64f3ddb268b63167b089d4ebdfddee601fdf3cc86e42",
+    "2.8.0-2.9.2",
+    reviewed_older=(
+        (
+            "8c1a18c11e10cd0b3f7990ff275e3d0e6032b573351a482e9ffa0a8fd1ffb9de",
+            "2.7.x adds n_epochs to _n_updates after the epochs instead of 1 per epoch run (differs only after a "
+            "target_kl early stop); the parameters train identically",
+        ),
+    ),
+)
+
 # RecurrentPPO.train and TRPO.train are identical in sb3-contrib 2.8.0, 2.9.0 and 2.9.2, the versions copied (each
 # release's wheel). In 2.7.0 and 2.7.1 RecurrentPPO.train adds n_epochs to _n_updates after the epochs, also after a
 # target_kl early stop (the parameters train identically); TRPO.train computes the line search's maximal step in float32 tensors (th.sqrt) instead of a

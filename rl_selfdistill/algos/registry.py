@@ -32,6 +32,7 @@ class AlgoEntry:
     :param training: ``on_policy`` (rollout buffer, like PPO) or ``off_policy`` (replay buffer, like DQN).
     :param discrete_only: True when the algorithm needs a Discrete action space.
     :param continuous_only: True when the algorithm needs a Box (continuous) action space.
+    :param needs_action_masks: True when the algorithm trains only on envs with an ``action_masks()`` method.
     :param colour: matplotlib colour of its curves and intervals.
     :param preset: name of its preset file in ``agents/`` (default: the algorithm's name).
     :param extra: the pip extra that provides its dependencies, named in the error when it is missing.
@@ -43,6 +44,7 @@ class AlgoEntry:
     training: Training = "on_policy"
     discrete_only: bool = False
     continuous_only: bool = False
+    needs_action_masks: bool = False
     colour: str | None = None
     preset: str | None = None
     extra: str | None = None
@@ -146,6 +148,26 @@ BUILT_IN: tuple[AlgoEntry, ...] = (
     ),
     AlgoEntry("a2c", "stable_baselines3:A2C", colour="#006d5b"),
     AlgoEntry("sd_a2c", "rl_selfdistill.algos.a2c:SelfDistillA2C", base="a2c", colour="#b8860b"),
+    # sb3-contrib algorithms, under the RL Zoo's names.
+    AlgoEntry("qrdqn", "sb3_contrib:QRDQN", training="off_policy", discrete_only=True, colour="#8b4513", extra="contrib"),
+    AlgoEntry(
+        "sd_qrdqn",
+        "rl_selfdistill.algos.qrdqn:SelfDistillQRDQN",
+        base="qrdqn",
+        training="off_policy",
+        discrete_only=True,
+        colour="#ff6347",
+        extra="contrib",
+    ),
+    AlgoEntry("ppo_mask", "sb3_contrib:MaskablePPO", colour="#2f4f4f", extra="contrib", needs_action_masks=True),
+    AlgoEntry(
+        "sd_ppo_mask",
+        "rl_selfdistill.algos.maskable_ppo:SelfDistillMaskablePPO",
+        base="ppo_mask",
+        colour="#da70d6",
+        extra="contrib",
+        needs_action_masks=True,
+    ),
     AlgoEntry("ppo_lstm", "sb3_contrib:RecurrentPPO", colour="#4b0082", extra="contrib"),
     AlgoEntry(
         "sd_ppo_lstm",

@@ -70,6 +70,8 @@ POLICY_KWARGS: dict[str, v.Validator] = {
     "features_extractor_kwargs": v.mapping,
     "optimizer_class": v.registry_name(OPTIMIZERS),
     "optimizer_kwargs": v.mapping,
+    # Quantile networks (sb3-contrib's QRDQN)
+    "n_quantiles": v.int_at_least(1),
     # Recurrent policies (sb3-contrib's RecurrentPPO)
     "lstm_hidden_size": v.int_at_least(1),
     "n_lstm_layers": v.int_at_least(1),

@@ -139,9 +139,11 @@ def constructor_keys(cls: type) -> dict[str, v.Validator]:
 
 
 def distill_keys(cls: type) -> dict[str, v.Validator]:
-    """DistillConfig's validators, with teacher_mode narrowed to what `cls` supports."""
+    """DistillConfig's validators, with teacher_mode and the algorithm-specific choices narrowed to what `cls` supports."""
     keys = DistillConfig.validators()
     keys["teacher_mode"] = v.choice(*cls.supported_teacher_modes)
+    for name, choices in cls.supported_choices.items():
+        keys[name] = v.choice(*choices)
     return keys
 
 

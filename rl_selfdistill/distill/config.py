@@ -23,6 +23,7 @@ KL_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
 COEF_MODES: tuple[str, ...] = ("fixed", "relative")
 GAUSSIAN_TARGETS: tuple[str, ...] = ("full", "mean_mse", "mean_kl")
 RESET_PARTS: tuple[str, ...] = ("all", "heads")
+QUANTILE_LOSSES: tuple[str, ...] = ("boltzmann", "quantile_huber")
 MAX_LAG = 1000  # a lagged teacher stores lag + 1 copies of the network
 
 
@@ -87,6 +88,11 @@ class DistillConfig:
     distill_gaussian: str = _setting(
         "full", v.choice(*GAUSSIAN_TARGETS), "Gaussian policies: full KL | mean_mse | mean_kl (student std detached)"
     )
+    distill_quantile_loss: str = _setting(
+        "boltzmann",
+        v.choice(*QUANTILE_LOSSES),
+        "QR-DQN: boltzmann = KL of softmax(mean quantile / T) | quantile_huber = quantile Huber loss to teacher quantiles",
+    )
     distill_value_coef: float = _setting(0.0, v.float_in(0.0), "weight of the MSE to the teacher's values / Q-values")
     reset_parts: str = _setting("all", v.choice(*RESET_PARTS), "reset mode: re-initialise the whole network or its heads")
     reset_anneal_steps: int = _setting(
@@ -132,6 +138,13 @@ class DistillConfig:
             lag = values.get("teacher_update_interval", 20_000)
             if lag > MAX_LAG:
                 raise UsageError(f"a lagged teacher keeps lag + 1 network copies; teacher_update_interval {lag} > {MAX_LAG}")
+        if values.get("distill_quantile_loss") == "quantile_huber" and (
+            values.get("kl_direction", "forward") != "forward" or values.get("distill_temperature", 1.0) != 1.0
+        ):
+            raise UsageError(
+                "the quantile_huber distillation loss has no direction or temperature; "
+                "drop kl_direction and distill_temperature, or use distill_quantile_loss: boltzmann"
+            )
         if callable(coef):
             schedule: Callable[[float], float] = parse_schedule(coef, "distill_coef")
             if schedule(1.0) < 0 or schedule(0.0) < 0:
@@ -170,6 +183,14 @@ class DistillConfig:
         for feature, reason in unsupported.items():
             if feature in used:
                 raise UsageError(f"{owner}: {reason}")
+
+    def check_choices(self, supported: Mapping[str, tuple[str, ...]], owner: str) -> None:
+        """Settings whose value only some algorithms can use (e.g. distill_quantile_loss): `supported` gives
+        the values `owner` accepts for each."""
+        for name, choices in supported.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise UsageError(f"{name} {value!r} is not available for {owner}; use one of {', '.join(choices)}")
 
     def check_teacher_mode(self, supported: tuple[str, ...], owner: str) -> None:
         if self.teacher_mode not in supported:

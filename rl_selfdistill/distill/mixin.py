@@ -52,6 +52,8 @@ class SelfDistillMixin:
 
     #: Teacher modes this algorithm can use; a subclass narrows or extends it.
     supported_teacher_modes: ClassVar[tuple[str, ...]] = ("snapshot", "ema", "ensemble", "lagged", "reset")
+    #: The values this algorithm accepts for the settings that only some algorithms can use; a subclass extends them.
+    supported_choices: ClassVar[dict[str, tuple[str, ...]]] = {"distill_quantile_loss": ("boltzmann",)}
 
     distiller: Distiller
     teacher_networks: nn.ModuleList
@@ -71,6 +73,7 @@ class SelfDistillMixin:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         config = DistillConfig.from_kwargs(kwargs)
         config.check_teacher_mode(self.supported_teacher_modes, type(self).__name__)
+        config.check_choices(self.supported_choices, type(self).__name__)
         # Set before the SB3 constructor, which calls _setup_model.
         self.distiller = Distiller(config)
         self.teacher_networks = nn.ModuleList()

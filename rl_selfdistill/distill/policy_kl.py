@@ -15,6 +15,7 @@ tanh-squashed actions equals the KL of these pre-squash Gaussians (KL is invaria
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch as th
@@ -30,7 +31,14 @@ from stable_baselines3.common.distributions import (
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from rl_selfdistill.distill.config import DistillConfig
-from rl_selfdistill.distill.kl import KLDirection, bernoulli_kl, categorical_kl, gaussian_kl, multi_categorical_kl
+from rl_selfdistill.distill.kl import (
+    KLDirection,
+    bernoulli_kl,
+    categorical_kl,
+    gaussian_kl,
+    masked_multi_categorical_kl,
+    multi_categorical_kl,
+)
 from rl_selfdistill.errors import UsageError
 
 # Distributions carried as ``[mean, log_std]``: a fixed log-std parameter, or gSDE's per-state log-std.
@@ -50,6 +58,8 @@ class PolicyKL:
     @classmethod
     def for_policy(cls, policy: ActorCriticPolicy, config: DistillConfig) -> PolicyKL:
         distribution = policy.action_dist
+        if _is_maskable(distribution):
+            return MaskedPolicyKL.for_maskable(distribution, config)
         supported = (
             CategoricalDistribution,
             MultiCategoricalDistribution,
@@ -147,6 +157,48 @@ def sde_log_std(policy: ActorCriticPolicy, latent_sde: th.Tensor) -> th.Tensor:
     features = latent_sde if distribution.learn_features else latent_sde.detach()
     variance = th.mm(features**2, distribution.get_std(policy.log_std) ** 2)
     return 0.5 * th.log(variance + distribution.epsilon)
+
+
+def _is_maskable(distribution: Distribution) -> bool:
+    """Whether `distribution` is one of sb3-contrib's maskable distributions (MaskablePPO), without importing
+    sb3-contrib here: such a distribution exists only once its module has been imported."""
+    module = sys.modules.get("sb3_contrib.common.maskable.distributions")
+    return module is not None and isinstance(distribution, module.MaskableDistribution)
+
+
+@dataclass(frozen=True)
+class MaskedPolicyKL(PolicyKL):
+    """Maskable categorical policies (sb3-contrib's MaskablePPO; MultiDiscrete and MultiBinary as categoricals):
+    the KL over the legal actions of each state.
+
+    Parameters are the normalised logits before masking, concatenated over the categoricals. A teacher's rows
+    carry the state's action mask after its logits (``[logits, mask]``: the mask the student acted and trains
+    under, from the rollout buffer), and both distributions are restricted to that one mask.
+    """
+
+    @classmethod
+    def for_maskable(cls, distribution: Distribution, config: DistillConfig) -> MaskedPolicyKL:
+        # MaskableCategoricalDistribution has one action_dim; the multi-categorical and Bernoulli ones a list.
+        dims = getattr(distribution, "action_dims", None) or [distribution.action_dim]  # type: ignore[attr-defined]
+        direction: KLDirection = config.kl_direction  # type: ignore[assignment]  # validated by DistillConfig
+        return cls(type(distribution), tuple(int(n) for n in dims), config.distill_temperature, direction)
+
+    def params(self, policy: ActorCriticPolicy, distribution: Distribution) -> th.Tensor:
+        # Unmasked, as params_from_latent computes a teacher's (torch's normalisation of the same logits).
+        parts = getattr(distribution, "distributions", None) or [distribution.distribution]
+        logits = [part._original_logits for part in parts]
+        return logits[0] if len(logits) == 1 else th.cat(logits, dim=-1)
+
+    def params_from_latent(self, policy: ActorCriticPolicy, latent_pi: th.Tensor) -> th.Tensor:
+        output = policy.action_net(latent_pi)
+        return th.cat([_normalised(part) for part in th.split(output, list(self.action_dims), dim=-1)], dim=-1)
+
+    def per_sample(self, teacher_params: th.Tensor, student_params: th.Tensor) -> th.Tensor:
+        width = student_params.shape[-1]
+        teacher_logits, mask = teacher_params[..., :width], teacher_params[..., width:]
+        return masked_multi_categorical_kl(
+            teacher_logits, student_params, mask, self.action_dims, self.temperature, self.direction
+        )
 
 
 def _normalised(logits: th.Tensor) -> th.Tensor:

@@ -32,6 +32,9 @@ def frozen_copy(network: nn.Module) -> nn.Module:
     for value in vars(action_dist).values() if action_dist is not None else ():
         if isinstance(value, th.distributions.Distribution) or (isinstance(value, th.Tensor) and not value.is_leaf):
             memo[id(value)] = None
+        # sb3-contrib's maskable multi-categorical keeps a list of its last distributions: the copy's starts empty.
+        if isinstance(value, list) and any(isinstance(item, th.distributions.Distribution) for item in value):
+            memo[id(value)] = []
     teacher = copy.deepcopy(network, memo)
     teacher.requires_grad_(False)
     teacher.train(False)

@@ -7,7 +7,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from rl_selfdistill.envs import continual, minatar, partial
+from rl_selfdistill.envs import continual, masked, minatar, partial
 from rl_selfdistill.errors import UsageError
 
 BACKENDS = ("dummy", "subproc", "envpool")
@@ -94,6 +94,8 @@ def resolve(env_id: str) -> EnvEntry:
         return EnvEntry(env_id, "continual", env_id, None)
     if env_id in partial.PARTIAL_IDS:  # velocity-hidden classic control (the RL Zoo's NoVel ids)
         return EnvEntry(env_id, "classic", partial.gym_id(env_id), None)
+    if env_id in masked.MASKED_IDS:  # a toy task with action masks, for MaskablePPO
+        return EnvEntry(env_id, "gym", masked.gym_id(env_id), None)
     if env_id in MUJOCO_IDS or env_id in CLASSIC_IDS:
         family = "mujoco" if env_id in MUJOCO_IDS else "classic"
         return EnvEntry(env_id, family, env_id, env_id if env_id in _envpool_ids() else None)
@@ -105,7 +107,7 @@ def resolve(env_id: str) -> EnvEntry:
 def valid_ids() -> list[str]:
     """Every id make_vec_env accepts: the curated ids, both Atari spellings, and any Gymnasium id."""
     atari = [f"ALE/{g}-v5" for g in atari_games()] + [f"{g}NoFrameskip-v4" for g in atari_games()]
-    extra = set(minatar.minatar_ids()) | set(continual.continual_ids()) | set(partial.PARTIAL_IDS)
+    extra = set(minatar.minatar_ids()) | set(continual.continual_ids()) | set(partial.PARTIAL_IDS) | set(masked.MASKED_IDS)
     return sorted(set(MUJOCO_IDS) | set(CLASSIC_IDS) | set(atari) | extra | set(_gymnasium_ids()))
 
 

@@ -99,6 +99,12 @@ def check_action_space(algo: str, env: Any) -> None:
         usable = [name for name in registry.names() if not registry.get(name).continuous_only]
         kind = type(env.action_space).__name__
         raise UsageError(f"{algo} needs a continuous (Box) action space, this env's is {kind}; use one of {', '.join(usable)}")
+    if registry.get(algo).needs_action_masks and not env.has_attr("action_masks"):
+        usable = [name for name in registry.names() if not registry.get(name).needs_action_masks]
+        raise UsageError(
+            f"{algo} needs an env with action masks (an action_masks() method) and this one has none; "
+            f"train it on one that has, e.g. MaskedIdentity-v0, or use one of {', '.join(usable)}"
+        )
 
 
 def torch_threads(config: dict[str, Any]) -> int:

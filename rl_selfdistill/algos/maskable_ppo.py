@@ -1,0 +1,166 @@
+"""SelfDistillMaskablePPO: sb3-contrib's MaskablePPO plus a distillation term over the legal actions."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from sb3_contrib import MaskablePPO
+from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer, MaskableRolloutBuffer
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.utils import explained_variance
+from torch.nn import functional as F
+
+from rl_selfdistill.algos.buffers import IndexedDictRolloutBuffer, IndexedRolloutBuffer
+from rl_selfdistill.algos.on_policy import OnPolicyDistillMixin
+from rl_selfdistill.distill.mixin import PhaseRecord
+from rl_selfdistill.errors import UsageError
+
+
+class IndexedMaskableRolloutBuffer(IndexedRolloutBuffer, MaskableRolloutBuffer):
+    """MaskableRolloutBuffer (the action mask of every step) that also records each minibatch's indices and,
+    under VecNormalize, the raw observations a teacher needs."""
+
+
+class IndexedMaskableDictRolloutBuffer(IndexedDictRolloutBuffer, MaskableDictRolloutBuffer):
+    """MaskableDictRolloutBuffer that also records each minibatch's indices."""
+
+
+class SelfDistillMaskablePPO(OnPolicyDistillMixin, MaskablePPO):
+    """MaskablePPO with policy self-distillation; a drop-in replacement for ``sb3_contrib.MaskablePPO``.
+
+    The KL between teacher and student is taken over the legal actions of each state only: both distributions
+    are restricted to the action mask the state had in the rollout (the one the student acted and trains under)
+    and renormalised over it, so illegal actions, whose masked logits are a large negative number, add nothing
+    and the KL stays finite. The teacher's outputs for a rollout are computed once, as in ``SelfDistillPPO``;
+    each minibatch reads its rows and its masks from the rollout buffer (a ``MaskableRolloutBuffer`` that also
+    records minibatch indices). MultiDiscrete and MultiBinary masks are handled per categorical.
+
+    Takes every ``MaskablePPO`` argument plus the distillation keywords of
+    ``rl_selfdistill.distill.config.DistillConfig``. ``distill_coef=0`` trains exactly like MaskablePPO
+    (``train()`` is then MaskablePPO's own).
+    """
+
+    def _indexed_buffer_class(self) -> type[RolloutBuffer] | type[DictRolloutBuffer]:
+        """MaskablePPO's rollout buffer, recording batch indices (and masks) for the teacher rows."""
+        defaults = (None, MaskableRolloutBuffer, MaskableDictRolloutBuffer, IndexedMaskableRolloutBuffer)
+        if self.rollout_buffer_class in (*defaults, IndexedMaskableDictRolloutBuffer):
+            dict_obs = isinstance(self.observation_space, spaces.Dict)
+            return IndexedMaskableDictRolloutBuffer if dict_obs else IndexedMaskableRolloutBuffer
+        indexed = (IndexedMaskableRolloutBuffer, IndexedMaskableDictRolloutBuffer)
+        if self.rollout_buffer_class is not None and issubclass(self.rollout_buffer_class, indexed):
+            return self.rollout_buffer_class
+        raise UsageError(
+            f"rollout_buffer_class={getattr(self.rollout_buffer_class, '__name__', self.rollout_buffer_class)} cannot "
+            "carry action masks and teacher outputs; subclass rl_selfdistill.algos.maskable_ppo.IndexedMaskableRolloutBuffer "
+            "(or IndexedMaskableDictRolloutBuffer), or set distill_coef=0"
+        )
+
+    def _teacher_rows(self, phase: PhaseRecord, indices: np.ndarray) -> tuple[th.Tensor, th.Tensor | None]:
+        """The teachers' logits on the rows `indices`, each followed by the row's action mask (``[logits, mask]``,
+        as ``MaskedPolicyKL`` reads them): the mask of the state, from the rollout buffer."""
+        params, values = super()._teacher_rows(phase, indices)
+        buffer = self.rollout_buffer
+        masks = buffer.to_torch(buffer.action_masks[indices].reshape(len(indices), -1)).to(params.dtype)
+        return th.cat([params, masks.expand(len(params), -1, -1)], dim=-1), values
+
+    def _train_with_distillation(self) -> None:
+        """MaskablePPO's ``train()`` (sb3-contrib 2.8-2.9, line for line; see algos/ported.py) plus the distillation term."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        if self.clip_range_vf is not None:
+            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+        buffer = self.rollout_buffer
+        assert isinstance(buffer, IndexedMaskableRolloutBuffer | IndexedMaskableDictRolloutBuffer)
+        phase = self._start_rollout_phase()
+
+        entropy_losses = []
+        pg_losses, value_losses = [], []
+        clip_fractions = []
+
+        continue_training = True
+
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            for rollout_data in buffer.get(self.batch_size):
+                actions = rollout_data.actions
+                if isinstance(self.action_space, spaces.Discrete):
+                    actions = rollout_data.actions.long().flatten()
+
+                values, log_prob, entropy = self.policy.evaluate_actions(
+                    rollout_data.observations,
+                    actions,
+                    action_masks=rollout_data.action_masks,
+                )
+
+                values = values.flatten()
+                advantages = rollout_data.advantages
+                if self.normalize_advantage:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+
+                policy_loss_1 = advantages * ratio
+                policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
+
+                pg_losses.append(policy_loss.item())
+                clip_fraction = th.mean((th.abs(ratio - 1) > clip_range).float()).item()
+                clip_fractions.append(clip_fraction)
+
+                if self.clip_range_vf is None:
+                    values_pred = values
+                else:
+                    values_pred = rollout_data.old_values + th.clamp(
+                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
+                    )
+                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                value_losses.append(value_loss.item())
+
+                if entropy is None:
+                    entropy_loss = -th.mean(-log_prob)
+                else:
+                    entropy_loss = -th.mean(entropy)
+
+                entropy_losses.append(entropy_loss.item())
+
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+                loss = self._with_distill_term(phase, loss, pg_losses[-1], buffer.last_batch_indices, values)
+
+                # Approximate reverse KL to the behaviour policy for early stopping (SB3 issue #417).
+                with th.no_grad():
+                    log_ratio = log_prob - rollout_data.old_log_prob
+                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
+                    approx_kl_divs.append(approx_kl_div)
+
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
+
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+                self._teacher_tick_gradient_step()
+
+            self._n_updates += 1
+            if not continue_training:
+                break
+        explained_var = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
+
+        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
+        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+        self.logger.record("train/value_loss", np.mean(value_losses))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if self.clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
+        self._end_distill_phase(phase)
