@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -45,17 +46,30 @@ def test_sections_are_layered_default_family_env():
     assert tuned["normalize"] is True and tuned["policy_kwargs"]["activation_fn"] == "relu"
 
 
-@pytest.mark.parametrize("algo,base", [("sd_ppo", "ppo"), ("sd_dqn", "dqn")])
+@pytest.mark.parametrize(
+    "algo,base", [("sd_ppo", "ppo"), ("sd_ppo_snapshot", "ppo"), ("sd_ppo_reset", "ppo"), ("sd_dqn", "dqn")]
+)
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "PongNoFrameskip-v4"])
 def test_self_distill_presets_reuse_their_base(algo, base, env_id):
     distilled = cfg.resolve_hyperparams(algo, env_id)
     plain = cfg.resolve_hyperparams(base, env_id)
     assert {key: distilled[key] for key in plain} == plain
     assert set(distilled) - set(plain) >= {"distill_coef", "teacher_update_interval"}
-    raw = yaml.safe_load((data_dir("agents") / f"{algo}.yaml").read_text())
-    assert raw["base"] == base
-    own_keys = {key for section in raw.values() if isinstance(section, dict) for key in section}
-    assert own_keys <= set(DistillConfig.names()), "sd presets must not copy base hyperparameters"
+    # Walk the `base:` chain (sd_ppo -> sd_ppo_snapshot -> ppo): every file on the way adds distillation keys only.
+    name = algo
+    while name != base:
+        raw = yaml.safe_load((data_dir("agents") / f"{name}.yaml").read_text())
+        own_keys = {key for section in raw.values() if isinstance(section, dict) for key in section}
+        assert own_keys <= set(DistillConfig.names()), f"{name}: sd presets must not copy base hyperparameters"
+        name = raw["base"]
+
+
+def test_named_variants_train_the_same_class_with_their_own_teacher():
+    assert registry.algo_class("sd_ppo_reset") is registry.algo_class("sd_ppo") is registry.algo_class("sd_ppo_snapshot")
+    reset = cfg.resolve_hyperparams("sd_ppo_reset", "Continual-CartPole-v0")
+    assert reset["teacher_mode"] == "reset" and reset["teacher_update_interval"] == 50_000  # one reset per level
+    snapshot = cfg.resolve_hyperparams("sd_ppo_snapshot", "CartPole-v1")
+    assert snapshot["teacher_mode"] == "snapshot" and snapshot["teacher_update_interval"] == 1024
 
 
 def test_cartpole_teacher_refreshes_within_a_4096_step_run():
@@ -235,7 +249,9 @@ def test_bad_preset_files(tmp_path: Path, text, message):
 
 
 def test_unknown_algo_and_env():
-    with pytest.raises(UsageError, match="unknown algorithm 'ddpg'; choose one of ppo, sd_ppo, dqn, sd_dqn, a2c, sd_a2c"):
+    choices = ", ".join(registry.names())
+    assert choices.startswith("ppo, sd_ppo, sd_ppo_snapshot, sd_ppo_reset, dqn, sd_dqn, a2c, sd_a2c")
+    with pytest.raises(UsageError, match=re.escape(f"unknown algorithm 'ddpg'; choose one of {choices}")):
         cfg.resolve_hyperparams("ddpg", "CartPole-v1")
     with pytest.raises(UsageError, match="CartPole-v1"):
         cfg.resolve_hyperparams("ppo", "CartPole-v9")

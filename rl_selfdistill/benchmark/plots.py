@@ -23,7 +23,10 @@ _FALLBACK = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 def colours_for(algos: list[str]) -> dict[str, str]:
     """The registry's colour of each algorithm (the same in every figure), else the next fallback colour."""
-    extra = iter(_FALLBACK * (1 + len(algos)))
+    taken = {registry.colour(name) for name in registry.names()}
+    # An unregistered algorithm must not look like a registered one in the same figure.
+    free = [colour for colour in _FALLBACK if colour not in taken] or list(_FALLBACK)
+    extra = iter(free * (1 + len(algos)))
     return {algo: registry.colour(algo) or next(extra) for algo in algos}
 
 
