@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rl_selfdistill.algos.a2c import SelfDistillA2C
     from rl_selfdistill.algos.dqn import SelfDistillDQN
+    from rl_selfdistill.algos.maskable_ppo import SelfDistillMaskablePPO
     from rl_selfdistill.algos.ppo import SelfDistillPPO
+    from rl_selfdistill.algos.qrdqn import SelfDistillQRDQN
     from rl_selfdistill.algos.recurrent_ppo import SelfDistillRecurrentPPO
     from rl_selfdistill.algos.sac import SelfDistillSAC
     from rl_selfdistill.algos.td3 import SelfDistillTD3
@@ -21,7 +23,9 @@ if TYPE_CHECKING:
 __all__ = [
     "SelfDistillA2C",
     "SelfDistillDQN",
+    "SelfDistillMaskablePPO",
     "SelfDistillPPO",
+    "SelfDistillQRDQN",
     "SelfDistillRecurrentPPO",
     "SelfDistillSAC",
     "SelfDistillTD3",
@@ -32,6 +36,8 @@ _LAZY = {
     "SelfDistillPPO": "rl_selfdistill.algos.ppo",
     "SelfDistillDQN": "rl_selfdistill.algos.dqn",
     "SelfDistillA2C": "rl_selfdistill.algos.a2c",
+    "SelfDistillQRDQN": "rl_selfdistill.algos.qrdqn",
+    "SelfDistillMaskablePPO": "rl_selfdistill.algos.maskable_ppo",
     "SelfDistillRecurrentPPO": "rl_selfdistill.algos.recurrent_ppo",
     "SelfDistillTRPO": "rl_selfdistill.algos.trpo",
     "SelfDistillSAC": "rl_selfdistill.algos.sac",
