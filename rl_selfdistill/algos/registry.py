@@ -137,6 +137,9 @@ def colour(name: str) -> str | None:
 BUILT_IN: tuple[AlgoEntry, ...] = (
     AlgoEntry("ppo", "stable_baselines3:PPO", colour="#1f77b4"),
     AlgoEntry("sd_ppo", "rl_selfdistill.algos.ppo:SelfDistillPPO", base="ppo", colour="#ff7f0e"),
+    # Named variants: the same class with another preset file, so a benchmark can hold them side by side.
+    AlgoEntry("sd_ppo_snapshot", "rl_selfdistill.algos.ppo:SelfDistillPPO", base="ppo", colour="#9467bd"),
+    AlgoEntry("sd_ppo_reset", "rl_selfdistill.algos.ppo:SelfDistillPPO", base="ppo", colour="#8c564b"),
     AlgoEntry("dqn", "stable_baselines3:DQN", training="off_policy", discrete_only=True, colour="#2ca02c"),
     AlgoEntry(
         "sd_dqn",
@@ -148,6 +151,24 @@ BUILT_IN: tuple[AlgoEntry, ...] = (
     ),
     AlgoEntry("a2c", "stable_baselines3:A2C", colour="#006d5b"),
     AlgoEntry("sd_a2c", "rl_selfdistill.algos.a2c:SelfDistillA2C", base="a2c", colour="#b8860b"),
+    AlgoEntry("sac", "stable_baselines3:SAC", training="off_policy", continuous_only=True, colour="#4682b4"),
+    AlgoEntry(
+        "sd_sac",
+        "rl_selfdistill.algos.sac:SelfDistillSAC",
+        base="sac",
+        training="off_policy",
+        continuous_only=True,
+        colour="#c71585",
+    ),
+    AlgoEntry("td3", "stable_baselines3:TD3", training="off_policy", continuous_only=True, colour="#800000"),
+    AlgoEntry(
+        "sd_td3",
+        "rl_selfdistill.algos.td3:SelfDistillTD3",
+        base="td3",
+        training="off_policy",
+        continuous_only=True,
+        colour="#7b68ee",
+    ),
     # sb3-contrib algorithms, under the RL Zoo's names.
     AlgoEntry("qrdqn", "sb3_contrib:QRDQN", training="off_policy", discrete_only=True, colour="#8b4513", extra="contrib"),
     AlgoEntry(
@@ -178,24 +199,6 @@ BUILT_IN: tuple[AlgoEntry, ...] = (
     ),
     AlgoEntry("trpo", "sb3_contrib:TRPO", colour="#556b2f", extra="contrib"),
     AlgoEntry("sd_trpo", "rl_selfdistill.algos.trpo:SelfDistillTRPO", base="trpo", colour="#00bfff", extra="contrib"),
-    AlgoEntry("sac", "stable_baselines3:SAC", training="off_policy", continuous_only=True, colour="#4682b4"),
-    AlgoEntry(
-        "sd_sac",
-        "rl_selfdistill.algos.sac:SelfDistillSAC",
-        base="sac",
-        training="off_policy",
-        continuous_only=True,
-        colour="#c71585",
-    ),
-    AlgoEntry("td3", "stable_baselines3:TD3", training="off_policy", continuous_only=True, colour="#800000"),
-    AlgoEntry(
-        "sd_td3",
-        "rl_selfdistill.algos.td3:SelfDistillTD3",
-        base="td3",
-        training="off_policy",
-        continuous_only=True,
-        colour="#7b68ee",
-    ),
 )
 for _entry in BUILT_IN:
     register(_entry)
