@@ -15,6 +15,9 @@ pytest.importorskip("sb3_contrib", reason="sb3-contrib (the contrib extra) is no
 import sb3_contrib  # noqa: E402
 from sb3_contrib import TRPO, RecurrentPPO  # noqa: E402
 from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env  # noqa: E402
+from stable_baselines3.common.envs import SimpleMultiObsEnv  # noqa: E402
+from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
 
 from rl_selfdistill.algos import registry  # noqa: E402
 from rl_selfdistill.algos.recurrent_ppo import SelfDistillRecurrentPPO, padded_rows  # noqa: E402
@@ -36,6 +39,9 @@ LSTM_TINY = {
 }
 # 2 envs x 32 steps per rollout; the critic's minibatches of 32.
 TRPO_TINY = {"n_steps": 32, "batch_size": 32, "n_critic_updates": 2, "device": "cpu", "policy_kwargs": {"net_arch": [16]}}
+# Learning checks (slow): the mean return of a deterministic evaluation that must be reached.
+LSTM_THRESHOLD = 300
+TRPO_THRESHOLD = 400
 CONTRIB_28 = tuple(int(part) for part in sb3_contrib.__version__.split(".")[:2]) >= (2, 8)
 
 
@@ -182,6 +188,19 @@ def test_recurrent_teacher_modes_train_and_log(options):
     assert model.distiller.teacher.is_ready and np.isfinite(logged["distill/kl"]) and logged["distill/kl"] > -1e-6
     if "distill_value_coef" in options:
         assert logged["distill/value_loss"] > 0 and model._rollout_teacher[1].shape == (2, 32)
+
+
+def test_recurrent_teacher_on_dict_observations_and_under_vecnormalize():
+    dict_env = sb3_make_vec_env(lambda: SimpleMultiObsEnv(random_start=True), n_envs=2, seed=0)
+    model = SelfDistillRecurrentPPO("MultiInputLstmPolicy", dict_env, seed=0, teacher_update_interval=64, **LSTM_TINY)
+    model.learn(32 * 4)
+    assert model.distiller.teacher.n_updates == 1 and model.logger.name_to_value["distill/kl"] > 0
+    normalized = VecNormalize(venv("PendulumNoVel-v1"))
+    model = SelfDistillRecurrentPPO("MlpLstmPolicy", normalized, seed=0, teacher_update_interval=64, **LSTM_TINY)
+    model.learn(32 * 4)
+    ((_, stats),) = model.distiller.teacher.active_members()
+    assert model.rollout_buffer.raw_observations is not None and stats.count < normalized.obs_rms.count
+    assert model.logger.name_to_value["distill/kl"] > 0
 
 
 # ----------------------------------------------------------------------------- the KL term inside TRPO's surrogate
@@ -377,3 +396,37 @@ def learns(model, env_id: str, seed: int, threshold: float, budget: int) -> floa
     )
     model.learn(budget, callback=evaluation)
     return evaluation.best_mean_reward
+
+
+def zoo_model(algo: str, env_id: str, seed: int, **overrides):
+    """The algorithm with its preset for `env_id` (the RL Zoo's values, SD layered on), built as the run layer does."""
+    from rl_selfdistill.config import model_kwargs
+
+    hyperparams = resolve_hyperparams(algo, env_id, overrides)
+    env = make_vec_env(env_id, n_envs=hyperparams["n_envs"], backend="dummy", seed=seed)
+    policy = hyperparams["policy"]
+    return registry.algo_class(algo)(policy, env, seed=seed, device="cpu", **model_kwargs(hyperparams)), hyperparams
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sd_ppo_lstm_learns_cartpole_with_the_velocities_hidden(seed):
+    """The Zoo's ppo_lstm CartPoleNoVel-v1 entry (8 envs x 32 steps, 20 epochs, its 100k-step budget) with
+    sd_ppo_lstm.yaml's distillation settings, and a 64-unit LSTM instead of 256 (four times less CPU); training stops
+    once a deterministic evaluation of 10 episodes averages the threshold. See the report of this module's runs below."""
+    model, hyperparams = zoo_model("sd_ppo_lstm", "CartPoleNoVel-v1", seed, policy_kwargs={"lstm_hidden_size": 64})
+    best = learns(model, "CartPoleNoVel-v1", seed, threshold=LSTM_THRESHOLD, budget=hyperparams["n_timesteps"])
+    assert model.distiller.teacher.n_updates >= 1
+    assert best >= LSTM_THRESHOLD
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sd_trpo_learns_cartpole(seed):
+    """The Zoo's TRPO CartPole-v1 entry (2 envs x 512 steps, 20 critic updates, its 100k-step budget) with
+    sd_trpo.yaml's distillation settings; training stops once a deterministic evaluation of 10 episodes averages the
+    threshold."""
+    model, hyperparams = zoo_model("sd_trpo", "CartPole-v1", seed)
+    best = learns(model, "CartPole-v1", seed, threshold=TRPO_THRESHOLD, budget=hyperparams["n_timesteps"])
+    assert model.distiller.teacher.n_updates >= 1
+    assert best >= TRPO_THRESHOLD
