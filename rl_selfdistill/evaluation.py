@@ -150,9 +150,8 @@ def _deterministic(config: dict[str, Any], requested: bool | None) -> bool:
 
 def evaluate_agent(agent: Agent, *, episodes: int = 10, deterministic: bool | None = None, seed: int = 0) -> Evaluation:
     """The raw episode returns of `agent`, with the step it was saved at and how its actions were chosen."""
-    from stable_baselines3.common.evaluation import evaluate_policy
-
     check_episodes(episodes)
+    evaluate_policy = _evaluate_policy(agent.config["algo"])
     model, env = load_agent(agent, seed=seed)
     chosen = _deterministic(agent.config, deterministic)
     try:
@@ -162,6 +161,20 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, deterministic: bool | No
     finally:
         env.close()
     return Evaluation(agent, int(model.num_timesteps), chosen, [float(value) for value in returns])
+
+
+def _evaluate_policy(algo: str) -> Any:
+    """SB3's evaluate_policy, or for an algorithm that acts under action masks sb3-contrib's, which passes the env's
+    masks of every step to the agent."""
+    from rl_selfdistill.algos import registry
+
+    if registry.get(algo).needs_action_masks:
+        from sb3_contrib.common.maskable.evaluation import evaluate_policy as masked_evaluate_policy
+
+        return masked_evaluate_policy
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    return evaluate_policy
 
 
 def record_video(

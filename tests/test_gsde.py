@@ -1,4 +1,4 @@
-"""gSDE (use_sde=True) in SelfDistillPPO and SelfDistillA2C.
+"""gSDE (use_sde=True) in SelfDistillPPO, SelfDistillA2C and SelfDistillSAC.
 
 A gSDE policy's action distribution in a state s is a diagonal Gaussian with mean mu(s) and variance
 sum_j phi_j(s)^2 sigma_ji^2: the KL is checked against torch.distributions on SB3's own distribution
@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from stable_baselines3 import A2C, PPO
+from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch.distributions import Normal, kl_divergence
 
 from rl_selfdistill import SelfDistillA2C, SelfDistillPPO
+from rl_selfdistill.algos.sac import SelfDistillSAC
 from rl_selfdistill.config import model_kwargs, resolve_hyperparams
 from rl_selfdistill.distill.config import DistillConfig
 from rl_selfdistill.distill.policy_kl import PolicyKL
@@ -254,6 +255,74 @@ def test_resumes_from_a_checkpoint_are_exact(tmp_path: Path, isolated_home: Path
     assert_same_parameters(finals[0].teacher_networks, finals[1].teacher_networks)
 
 
+# ----------------------------------------------------------------------------- SAC: a squashed gSDE actor
+
+
+def sac_tiny() -> dict[str, Any]:
+    """Fresh each call: SB3 adds keys to the policy_kwargs dict it is given."""
+    return {
+        "learning_starts": 32,
+        "buffer_size": 1_000,
+        "batch_size": 16,
+        "device": "cpu",
+        **GSDE,
+        "policy_kwargs": {"net_arch": [32, 32]},
+    }
+
+
+@pytest.mark.parametrize("use_expln", [False, True])
+def test_sac_policy_term_is_torchs_kl_of_sb3s_per_state_normals(use_expln):
+    """SAC's gSDE actor learns its features (learn_features=True) and squashes with tanh: the KL of the pre-squash
+    Gaussians, each built by SB3's own distribution object. Float32 here (SAC casts observations to float32)."""
+    env = make_vec_env("LunarLander-v3", n_envs=1, env_kwargs={"continuous": True})  # 2 action dims
+    kwargs = {**sac_tiny(), "policy_kwargs": {"net_arch": [32, 32], "use_expln": use_expln}}
+    student, teacher = (SelfDistillSAC("MlpPolicy", env, seed=seed, **kwargs) for seed in (0, 1))
+    with th.no_grad():
+        for model in (student, teacher):
+            model.actor.log_std.uniform_(-1.5, 1.5)
+    obs = th.rand((64, 8), generator=th.Generator().manual_seed(5)) * 2 - 1
+    with th.no_grad():
+        ours = student._policy_divergence(
+            student._policy_outputs(teacher.actor, obs), student._policy_outputs(student.actor, obs)
+        )
+        normals = []
+        for actor in (teacher.actor, student.actor):
+            mean, log_std, extra = actor.get_action_dist_params(obs)
+            normals.append(actor.action_dist.proba_distribution(mean, log_std, **extra).distribution)
+        reference = kl_divergence(*normals).sum(dim=-1).mean()
+    assert reference > 0.1
+    th.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("distill", [{"distill_coef": 0, "teacher_update_interval": 16}, {"teacher_update_interval": 10**9}])
+def test_sac_trains_bit_for_bit_like_sac_without_a_teacher(distill):
+    reference = SAC("MlpPolicy", "Pendulum-v1", seed=3, **sac_tiny()).learn(100)
+    model = SelfDistillSAC("MlpPolicy", "Pendulum-v1", seed=3, **distill, **sac_tiny()).learn(100)
+    assert_same_parameters(reference.policy, model.policy)
+    assert th.equal(reference.log_ent_coef, model.log_ent_coef) and model.distiller.teacher.n_updates == 0
+
+
+def test_sac_kl_is_zero_right_after_a_snapshot_and_grows_once_the_teacher_is_behind():
+    fresh = SelfDistillSAC("MlpPolicy", "Pendulum-v1", seed=0, teacher_update_interval=1, **sac_tiny()).learn(64)
+    assert fresh.distiller.teacher.n_updates == 64 and fresh.logger.name_to_value["distill/kl"] == 0.0
+    model = SelfDistillSAC("MlpPolicy", "Pendulum-v1", seed=0, teacher_update_interval=50, **sac_tiny()).learn(90)
+    assert model.distiller.teacher.n_updates == 1 and model.logger.name_to_value["distill/kl"] > 0
+    (teacher,) = model.teacher_networks
+    assert not th.equal(teacher.actor.log_std, model.actor.log_std)  # its own exploration matrix
+    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+
+
+def test_sac_save_load_restores_the_teacher_and_its_exploration_matrix(tmp_path: Path):
+    model = SelfDistillSAC("MlpPolicy", "Pendulum-v1", seed=2, teacher_update_interval=50, **sac_tiny()).learn(90)
+    model.save(tmp_path / "sac.zip")
+    loaded = SelfDistillSAC.load(tmp_path / "sac.zip", env=model.get_env(), device="cpu")
+    assert "0.actor.log_std" in loaded.teacher_networks.state_dict()
+    assert_same_parameters(model.teacher_networks, loaded.teacher_networks)
+    assert_same_parameters(model.policy, loaded.policy)
+    loaded.learn(64, reset_num_timesteps=False)
+    assert loaded.distiller.teacher.n_updates == 3  # at 100 and 150, as the cadence continues
+
+
 # ----------------------------------------------------------------------------- learning
 
 
@@ -271,4 +340,5 @@ def test_sd_ppo_learns_pendulum_with_the_zoos_gsde_preset(seed):
     assert model.distiller.teacher.n_updates == 4  # at the rollout starts past 20k, 40k, 60k and 80k steps
     assert np.isfinite(model.logger.name_to_value["distill/kl"])
     score, _ = evaluate_policy(model, make_vec_env("Pendulum-v1", n_envs=1, seed=1000 + seed), n_eval_episodes=10)
-    assert score >= -400
+    print(f"seed {seed}: mean return {score:.1f} over 10 deterministic episodes")  # shown with pytest -rP
+    assert score >= -400, f"seed {seed}: {score:.1f}"

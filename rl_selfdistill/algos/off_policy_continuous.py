@@ -24,7 +24,6 @@ from torch.distributions import Distribution
 from torch.nn import functional as F
 
 from rl_selfdistill.distill.mixin import PhaseRecord, SelfDistillMixin
-from rl_selfdistill.errors import UsageError
 
 Member = tuple["ActorCriticParts", Any]
 
@@ -76,8 +75,6 @@ class OffPolicyActorCriticDistillMixin(SelfDistillMixin):
 
     def _check_distill_options(self) -> None:
         """Options this algorithm cannot apply, refused before anything is built (a subclass adds its own)."""
-        if self.distiller.enabled and getattr(self, "use_sde", False):
-            raise UsageError(f"{type(self).__name__} does not distil gSDE actors; use use_sde=False or distill_coef=0")
 
     def _excluded_save_params(self) -> list[str]:
         # The live networks are saved by SB3 as the policy's state dict; this is only a view of them.

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rl_selfdistill.algos.off_policy_continuous import OffPolicyActorCriticDistillMixin
-from rl_selfdistill.distill.policy_kl import PolicyKL
+from rl_selfdistill.distill.policy_kl import PolicyKL, sde_log_std
 
 
 class SelfDistillSAC(OffPolicyActorCriticDistillMixin, SAC):
@@ -22,8 +22,9 @@ class SelfDistillSAC(OffPolicyActorCriticDistillMixin, SAC):
     On each sampled replay batch the actor loss gains ``distill_coef * mean_batch KL(teacher || student)``
     between the tanh-squashed Gaussian policies. The tanh is a bijection applied to both, so this KL equals
     the KL of the pre-squash diagonal Gaussians (proof in docs/algorithms.md), computed in closed form from
-    each actor's mean and (clamped) log-std. ``distill_gaussian`` (mean_mse, mean_kl), the temperature and
-    the KL direction apply to those Gaussians as for PPO. With ``distill_value_coef > 0`` the critic loss
+    each actor's mean and (clamped) log-std; under gSDE (``use_sde=True``) from the mean and the per-state std
+    that the actor's own exploration matrix and features give. ``distill_gaussian`` (mean_mse, mean_kl), the
+    temperature and the KL direction apply to those Gaussians as for PPO. With ``distill_value_coef > 0`` the critic loss
     gains ``distill_coef * distill_value_coef * MSE`` to the teacher critic's Q-values, every critic head.
 
     Teacher modes: snapshot, ema, ensemble, lagged (``teacher_update_unit="gradient_steps"`` counts SAC's
@@ -47,7 +48,9 @@ class SelfDistillSAC(OffPolicyActorCriticDistillMixin, SAC):
         return [*super()._excluded_save_params(), "policy_kl"]
 
     def _policy_outputs(self, actor: nn.Module, observations: Any) -> th.Tensor:
-        mean, log_std, _ = actor.get_action_dist_params(observations)
+        mean, log_std, extra = actor.get_action_dist_params(observations)
+        if "latent_sde" in extra:  # gSDE: log_std is the exploration matrix; the state's std also depends on the features
+            return th.cat([mean, sde_log_std(actor, extra["latent_sde"])], dim=-1)
         return th.cat([mean, log_std], dim=-1)
 
     def _policy_divergence(self, teacher: th.Tensor, student: th.Tensor) -> th.Tensor:

@@ -28,7 +28,7 @@ from stable_baselines3.common.distributions import (
     MultiCategoricalDistribution,
     StateDependentNoiseDistribution,
 )
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 
 from rl_selfdistill.distill.config import DistillConfig
 from rl_selfdistill.distill.kl import (
@@ -144,18 +144,20 @@ class PolicyKL:
         return self.distribution_type is CategoricalDistribution and self.temperature == 1.0 and self.direction == "forward"
 
 
-def sde_log_std(policy: ActorCriticPolicy, latent_sde: th.Tensor) -> th.Tensor:
+def sde_log_std(policy: BasePolicy, latent_sde: th.Tensor) -> th.Tensor:
     """Per-state log-std ``[batch, d]`` of a gSDE policy: 0.5 log(sum_j phi_j^2 sigma_ji^2 + epsilon), as SB3 builds it.
 
-    Reads the policy's own distribution settings (full_std, use_expln, learn_features, epsilon) and exploration scale,
-    so a teacher copy uses its own ``log_std``. One function for the student and the teacher: equal weights give
-    bit-equal parameters (a fresh snapshot's KL is exactly 0).
+    `policy` is an ``ActorCriticPolicy`` or SAC's actor (both keep ``action_dist`` and the ``log_std`` matrix), and
+    `latent_sde` its gSDE features (both use their policy latent). Reads the policy's own distribution settings
+    (full_std, use_expln, learn_features, epsilon) and exploration scale, so a teacher copy uses its own ``log_std``.
+    One function for the student and the teacher: equal weights give bit-equal parameters (a fresh snapshot's KL is
+    exactly 0).
     """
     distribution = policy.action_dist
     assert isinstance(distribution, StateDependentNoiseDistribution)
     # Without learn_features SB3 stops the gradient into the features: the std then trains only through log_std.
     features = latent_sde if distribution.learn_features else latent_sde.detach()
-    variance = th.mm(features**2, distribution.get_std(policy.log_std) ** 2)
+    variance = th.mm(features**2, distribution.get_std(policy.log_std) ** 2)  # type: ignore[operator]
     return 0.5 * th.log(variance + distribution.epsilon)
 
 

@@ -99,11 +99,18 @@ class SaveBestVecNormalize(BaseCallback):
 
 
 def make_eval_callback(
-    eval_env: Any, run_dir: Path, options: dict[str, Any], *, n_envs: int, deterministic: bool
+    eval_env: Any, run_dir: Path, options: dict[str, Any], *, n_envs: int, deterministic: bool, masked: bool = False
 ) -> EvalCallback:
+    """SB3's EvalCallback; with `masked` (an algorithm that acts under action masks) sb3-contrib's, which passes the
+    eval env's masks of every step to the agent."""
     # The eval env is always a DummyVecEnv (it must be able to render); SB3 warns when training uses another backend.
     warnings.filterwarnings("ignore", message="Training and eval env are not of the same type")
-    return EvalCallback(
+    evaluation_class = EvalCallback
+    if masked:
+        from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
+
+        evaluation_class = MaskableEvalCallback
+    return evaluation_class(
         eval_env,
         callback_on_new_best=SaveBestVecNormalize(Path(run_dir) / rundir.BEST_VECNORMALIZE),
         callback_after_eval=EvalRecorder(run_dir),

@@ -149,9 +149,16 @@ class TrainingRun:
             # Before the EvalCallback: evaluations measure the level being learnt, and a resume keeps the schedule.
             chosen.append(ContinualLevelCallback(self.eval_env))
         if self.options["eval_freq"] > 0:
+            from rl_selfdistill.algos import registry
+
             deterministic = evaluates_deterministically(self.config["env_id"])
             evaluation = callbacks.make_eval_callback(
-                self.eval_env, self.run_dir, self.options, n_envs=n_envs, deterministic=deterministic
+                self.eval_env,
+                self.run_dir,
+                self.options,
+                n_envs=n_envs,
+                deterministic=deterministic,
+                masked=registry.get(self.config["algo"]).needs_action_masks,
             )
             callbacks.continue_eval_history(evaluation, self.run_dir, int(self.model.num_timesteps), n_envs, self.eval_history)
             chosen.append(evaluation)
