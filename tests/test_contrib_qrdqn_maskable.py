@@ -374,13 +374,18 @@ def test_without_sb3_contrib_the_cli_names_the_extra(tmp_path):
 
 
 def test_train_then_evaluate_a_masked_agent_through_the_cli(run_cli, tmp_path):
+    """Evaluations during training and `evaluate` pass the env's masks to the agent (sb3-contrib's evaluation)."""
+    from rl_selfdistill.evaluation import _evaluate_policy
+
+    assert _evaluate_policy("sd_ppo_mask") is evaluate_policy and _evaluate_policy("ppo") is not evaluate_policy
     run_dir = tmp_path / "run"
     result = run_cli(
         "train", "--algo", "sd_ppo_mask", "--env", "MaskedIdentity-v0", "-n", "512", "--seed", "0", "--n-envs", "2",
-        "--run-dir", str(run_dir), "--eval-freq", "0", "--wandb-mode", "disabled",
+        "--run-dir", str(run_dir), "--eval-freq", "256", "--eval-episodes", "1", "--wandb-mode", "disabled",
         "-params", "n_steps:64", "teacher_update_interval:128",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert len((run_dir / "eval.csv").read_text().splitlines()) == 3  # header and two evaluations
     result = run_cli("evaluate", str(run_dir), "--episodes", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mean_reward=" in result.stdout
