@@ -24,10 +24,23 @@ def build_parser() -> OneLineErrorParser:
         description="Self-distilling PPO and DQN: train, evaluate and benchmark.",
         formatter_class=HelpFormatter,
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"rl-selfdistill {installed_version()}")
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of these; `rl-selfdistill COMMAND --help` for its options"
+    )
     for name in SUBCOMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)
     return parser
+
+
+def installed_version() -> str:
+    """The version pip installed (the distribution's metadata, so it never disagrees with `pip show`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rl-selfdistill")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,14 +34,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="runs at a time (local pool size; size of a local Ray instance)"
     )
-    parser.add_argument("--address", default=None, help="Ray cluster address (`auto` for a running one); default: start one")
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster address (`auto` for a running one) (default: start a local Ray)"
+    )
     parser.add_argument(
         "--cpus-per-run",
         type=float,
         default=None,
-        help="Ray num_cpus per task (default 1) and torch threads per run (default: cores / workers locally)",
+        help="Ray num_cpus per task, and torch threads per run (default: 1 with Ray, cores / workers locally)",
     )
-    parser.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray num_gpus per task")
+    parser.add_argument("--gpus-per-run", type=float, default=0, help="Ray num_gpus per task")
     parser.add_argument("--device", default=None, help="torch device for every run (default: train's default)")
     parser.add_argument("--vec-env", default=None, help="env backend for every run: dummy | subproc | envpool")
     parser.add_argument("--n-envs", type=int, default=None, help="parallel envs per run (default: the preset's)")

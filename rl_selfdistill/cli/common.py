@@ -22,13 +22,18 @@ class OneLineErrorParser(argparse.ArgumentParser):
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Shows "(default: X)" where there is a meaningful default; options without one explain it in their help.
 
-    Descriptions and epilogs (examples) keep their line breaks.
+    Descriptions and epilogs (examples) keep their line breaks. A help text that states its default itself
+    ("(default: the preset's)") is left as written, so no option shows two.
     """
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         # None, [] and on/off flags have no default worth printing.
         if action.default in (None, [], argparse.SUPPRESS) or isinstance(action.default, bool):
             return action.help
+        if action.help and "(default" in action.help:
+            return action.help
+        if isinstance(action.default, list | tuple):  # "(default: ppo sd_ppo)", as typed, not a Python list
+            return f"{action.help} (default: {' '.join(map(str, action.default))})"
         return super()._get_help_string(action)
 
 

@@ -156,8 +156,23 @@ def run(args: argparse.Namespace) -> int:
         resume = format_command([PROGRAM, "train", "--resume", stop.run_dir])
         print(f"{stop.signal_name}: stopped at step {stop.steps} with a checkpoint; continue with: {resume}", file=sys.stderr)
         return stop.exit_status
-    print(f"finished: {training.run_dir}")
+    print(finished_line(training.run_dir, int(training.model.num_timesteps)))
     return 0
+
+
+def finished_line(run_dir: Path, steps: int) -> str:
+    """The last line `train` prints: the steps done, the last evaluation's mean return and where the run is."""
+    from rl_selfdistill.run import rundir
+
+    last = rundir.last_evaluation(run_dir)
+    if last is None:
+        score = "no evaluation ran (--eval-freq 0 or above the budget)"
+    else:
+        score = (
+            f"last evaluation at step {last['timesteps']:.0f}: mean return {last['mean_reward']:.2f} "
+            f"+/- {last['std_reward']:.2f} over {last['n_episodes']:.0f} episodes"
+        )
+    return f"finished {steps} steps; {score}; run directory: {run_dir}"
 
 
 def _prepare_resume(args: argparse.Namespace, command: str) -> Any:

@@ -130,15 +130,15 @@ def choose_backend(entry: EnvEntry, backend: str, n_envs: int, allow_envpool: bo
     """Validate `backend` and turn "auto" into a concrete one.
 
     auto: EnvPool where it has the env (C++ threads, no Python per step) unless `allow_envpool` is False
-    (rendering); else subprocesses when there are several envs to overlap; else a plain loop, which is
-    fastest for one env (no IPC).
+    (rendering); else a plain loop for classic control, whose steps cost less than a message to a worker
+    process (SB3's advice), and for a single env (no IPC); else subprocesses, to overlap several envs.
     """
     if backend not in (*BACKENDS, "auto"):
         raise UsageError(f"unknown backend {backend!r}; use one of: auto, {', '.join(BACKENDS)}")
     if backend == "auto":
         if entry.envpool_id is not None and allow_envpool:
             return "envpool"
-        return "subproc" if n_envs > 1 else "dummy"
+        return "subproc" if n_envs > 1 and not is_classic_control(entry) else "dummy"
     if backend not in available_backends(entry):
         hint = " (or pip install 'rl-selfdistill[envpool]')" if backend == "envpool" and not _envpool_ids() else ""
         raise UsageError(
@@ -146,6 +146,18 @@ def choose_backend(entry: EnvEntry, backend: str, n_envs: int, allow_envpool: bo
             f"backends that have it: {', '.join(available_backends(entry))}{hint}"
         )
     return backend
+
+
+def is_classic_control(entry: EnvEntry) -> bool:
+    """Whether Gymnasium's classic control builds `entry` (CartPole, Acrobot, MountainCar, Pendulum and variants)."""
+    import gymnasium as gym
+
+    try:
+        entry_point = gym.spec(entry.gym_id).entry_point
+    except gym.error.Error:
+        return False
+    name = entry_point if isinstance(entry_point, str) else getattr(entry_point, "__module__", "")
+    return name.startswith("gymnasium.envs.classic_control")
 
 
 def resolve_backend(env_id: str, backend: str = "auto", n_envs: int = 1) -> str:

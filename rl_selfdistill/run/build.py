@@ -37,6 +37,13 @@ def make_env(env_id: str, hyperparams: dict[str, Any], *, n_envs: int, backend: 
     )
 
 
+def backend_of(env: Any) -> str:
+    """The backend a built VecEnv runs on (what --vec-env auto chose): dummy, subproc or envpool."""
+    names = {"DummyVecEnv": "dummy", "SubprocVecEnv": "subproc", "EnvPoolVecEnv": "envpool"}
+    kind = type(env.unwrapped).__name__
+    return names.get(kind, kind)
+
+
 def normalize_kwargs(hyperparams: dict[str, Any]) -> dict[str, Any] | None:
     """VecNormalize options from the preset's `normalize` key; None when off."""
     value = hyperparams.get("normalize", False)

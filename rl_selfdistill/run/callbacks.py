@@ -162,8 +162,13 @@ class ProgressBarCallback(BaseCallback):
         self._start_time = time.time()
         self.bar = tqdm(total=self.total_timesteps, initial=self._start_steps, unit="step", dynamic_ncols=True)
 
+    def _advance(self) -> None:
+        # PPO and A2C step whole rollouts, so they may end past a budget that is not a multiple of n_steps x n_envs:
+        # the bar stops at the budget (100%), never beyond it.
+        self.bar.update(min(self.model.num_timesteps, self.total_timesteps) - self.bar.n)
+
     def _on_step(self) -> bool:
-        self.bar.update(self.model.num_timesteps - self.bar.n)
+        self._advance()
         now = time.time()
         if now - self._last_postfix >= POSTFIX_PERIOD_S:
             self._last_postfix = now
@@ -180,5 +185,5 @@ class ProgressBarCallback(BaseCallback):
 
     def _on_training_end(self) -> None:
         if self.bar is not None:
-            self.bar.update(self.model.num_timesteps - self.bar.n)
+            self._advance()
             self.bar.close()

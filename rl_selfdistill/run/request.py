@@ -154,12 +154,12 @@ def resolve_config(request: TrainRequest) -> dict[str, Any]:
 
     import_gym_packages(request.gym_packages)
     check_request(request)
-    cfg.validate_hyperparams(request.algo, request.hyperparams, what="-params")  # fails fast, before any env lookup
     if request.run_dir is not None:
         rundir.refuse_existing_run_dir(Path(request.run_dir))
         check_writable_folder(Path(request.run_dir), "--run-dir")
     else:
         check_writable_folder(Path(request.log_folder), "-f/--log-folder")  # before any env is built
+    cfg.validate_hyperparams(request.algo, request.hyperparams, what="-params")  # fails fast, before any env lookup
     # -n and --n-envs are overrides like -params (an env the preset does not list needs -n to have a budget at all).
     budget = {"n_timesteps": request.n_timesteps, "n_envs": request.n_envs}
     overrides = {**request.hyperparams, **{key: value for key, value in budget.items() if value is not None}}
