@@ -2,7 +2,8 @@
 
 W&B is on by default and never blocks training: `auto` mode goes online only when an
 API key is configured, and an online start that fails or hangs falls back to an offline
-run (uploadable later with `wandb sync`) after at most ~20 s, with one warning line.
+run (uploadable later with `wandb sync`) within FALLBACK_PROMISE_S, with one warning line
+that gives the reason; the failed attempt's `wandb/run-*` folder is removed.
 
 W&B and TensorBoard are optional (the `track` extra): the algorithms are a library first,
 and a run without them still writes progress.csv. Without tensorboard there are no `tb/`
@@ -36,8 +37,11 @@ from stable_baselines3.common.logger import (
 from rl_selfdistill.config import WANDB_MODES
 from rl_selfdistill.errors import UsageError
 
-# Seconds an online wandb.init may take before we give up on it; leaves room under the 30 s promise.
-ONLINE_INIT_TIMEOUT_S = 20.0
+# What README.md and docs/training.md promise: an unreachable server costs at most this many seconds.
+FALLBACK_PROMISE_S = 20
+# Seconds an online wandb.init may take before we give up on it; wandb's own teardown of the attempt
+# (about a second) must still fit under the promise.
+ONLINE_INIT_TIMEOUT_S = 15.0
 STEP_METRIC = "global_step"
 TRACK_EXTRA = "pip install 'rl-selfdistill[track]'"
 
@@ -212,18 +216,38 @@ def init_wandb(
     }
     if resolved == "online":
         started = time.monotonic()
+        before = _attempt_folders(run_dir)
         try:
             return wandb.init(mode="online", settings=_settings(wandb, timeout=ONLINE_INIT_TIMEOUT_S), **kwargs)
         except Exception as error:  # wandb raises several types (CommError, UsageError, timeouts): all mean "no server"
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            _remove_failed_attempt(run_dir, before)
             print(
-                f"warning: W&B online start failed after {time.monotonic() - started:.1f} s ({reason[:120]}); "
+                f"warning: W&B online start failed after {time.monotonic() - started:.1f} s ({failure_reason(error)}); "
                 "logging offline instead, upload later with `wandb sync`",
                 file=sys.stderr,
             )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # resume in offline mode is only a local concern; wandb warns about it
         return wandb.init(mode="offline", settings=_settings(wandb), **kwargs)
+
+
+def failure_reason(error: BaseException, limit: int = 160) -> str:
+    """One line saying why: the error's type and the first line of its message, cut at a word."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = f"{type(error).__name__}: {lines[0]}" if lines else f"{type(error).__name__}, without a message"
+    return reason if len(reason) <= limit else reason[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _attempt_folders(run_dir: Path) -> set[Path]:
+    return set((Path(run_dir) / "wandb").glob("run-*"))
+
+
+def _remove_failed_attempt(run_dir: Path, before: set[Path]) -> None:
+    """The `wandb/run-*` folder a failed online start left: it holds no data, and `wandb sync` would trip on it."""
+    import shutil
+
+    for folder in _attempt_folders(run_dir) - before:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _settings(wandb: Any, *, timeout: float | None = None) -> Any:

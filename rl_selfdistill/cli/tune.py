@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from rl_selfdistill.cli.common import HelpFormatter, add_command, add_gym_packages
+from rl_selfdistill.cli.common import add_command, add_gym_packages
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.paths import check_writable_folder
 from rl_selfdistill.tune.seeds import TUNING_SEED_START
@@ -26,13 +26,8 @@ EXAMPLES = """examples:
 DEFAULT_EVALUATIONS = 20  # as the RL Zoo's --n-evaluations
 
 
-class _Formatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """The commands' formatter, keeping the examples' line breaks."""
-
-
 def register(subparsers: Any) -> None:
     parser = add_command(subparsers, "tune", help=HELP, epilog=EXAMPLES)
-    parser.formatter_class = _Formatter
     parser.add_argument("--algo", required=True, help="algorithm to tune (its distillation options; --tune-base for more)")
     envs = parser.add_mutually_exclusive_group()
     envs.add_argument("--suite", help="tune on every env of this suite, objective normalised with its reference scores")

@@ -269,6 +269,17 @@ def append_eval_row(run_dir: Path, steps: int, rewards: Sequence[float], lengths
         handle.write(row)
 
 
+def last_evaluation(run_dir: Path) -> dict[str, float] | None:
+    """eval.csv's newest row (timesteps, mean_reward, std_reward, mean_ep_length, n_episodes), or None before the first."""
+    path = Path(run_dir) / EVAL_CSV
+    if not path.exists():
+        return None
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:] if line]
+    names = EVAL_CSV_HEADER.split(",")
+    complete = [row for row in rows if len(row) == len(names)]
+    return {name: float(value) for name, value in zip(names, complete[-1], strict=True)} if complete else None
+
+
 def best_eval_mean(run_dir: Path) -> float | None:
     """The best mean evaluation return in eval.csv, or None before the first evaluation."""
     path = Path(run_dir) / EVAL_CSV

@@ -186,7 +186,11 @@ class TrainingRun:
         if self.wandb_run is not None:
             self.state["wandb_run_id"] = self.wandb_run.id
         if options["verbose"] >= 1:
+            from rl_selfdistill.run.build import backend_of
+
             print(f"run directory: {self.run_dir}", file=sys.stderr)
+            backend = backend_of(self.model.get_env())
+            print(f"envs: {self.model.n_envs} x {self.config['env_id']} on {backend}", file=sys.stderr)
             print(tracking.describe_wandb_run(self.wandb_run), file=sys.stderr)
         stdout_table = options["verbose"] >= 1 and not progress_wanted(options["progress"])
         self.model.set_logger(tracking.make_logger(self.run_dir, self.wandb_run, stdout=stdout_table, resume=self.resumed))
