@@ -284,6 +284,22 @@ def test_save_load_restores_the_teacher_and_continues(tmp_path, name):
     assert loaded.distiller.teacher.n_updates == 3 and loaded.logger.name_to_value["distill/kl"] > 0
 
 
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_parameters_have_the_parents_structure_until_a_teacher_exists(name):
+    build, rollout = BUILDERS[name]
+    model = build(teacher_update_interval=2 * rollout)
+    parent = RecurrentPPO("MlpLstmPolicy", venv("CartPoleNoVel-v1"), **LSTM_TINY) if name == "recurrent_ppo" else None
+    parent = parent or TRPO("MlpPolicy", venv("CartPole-v1"), **TRPO_TINY)
+    assert list(model.get_parameters()) == list(parent.get_parameters())
+    model.learn(3 * rollout)
+    params = copy.deepcopy(model.get_parameters())
+    assert list(params) == [*parent.get_parameters(), "teacher_networks"]
+    fresh = build(teacher_update_interval=2 * rollout, seed=1)
+    fresh.set_parameters(params, exact_match=False)  # no teacher yet: the student is set, the teacher skipped
+    assert len(fresh.teacher_networks) == 0
+    assert_same_parameters(fresh.policy, model.policy)
+
+
 @pytest.mark.parametrize(
     "algo,env_id,hyperparams",
     [
