@@ -220,12 +220,21 @@ def test_sac_lagged_teacher_is_the_actor_k_gradient_steps_ago():
         (SelfDistillSAC, {"teacher_mode": "target"}, "teacher_mode 'target' is not available for SelfDistillSAC"),
         (SelfDistillSAC, {"teacher_mode": "reset"}, "teacher_mode 'reset' is not available"),
         (SelfDistillTD3, {"teacher_mode": "reset"}, "teacher_mode 'reset' is not available for SelfDistillTD3"),
-        (SelfDistillTD3, {"distill_gaussian": "mean_mse"}, "distill_gaussian does not apply"),
+        (SelfDistillTD3, {"distill_gaussian": "mean_mse"}, "distill_gaussian 'mean_mse' is not available for SelfDistillTD3"),
     ],
 )
 def test_options_that_cannot_apply_are_refused(algo_class, options, match):
     with pytest.raises(UsageError, match=match):
         algo_class("MlpPolicy", "Pendulum-v1", **options, **tiny())
+
+
+@pytest.mark.parametrize(
+    "algo,override,match",
+    [("sd_sac", {"teacher_mode": "reset"}, "teacher_mode"), ("sd_td3", {"distill_gaussian": "mean_kl"}, "distill_gaussian")],
+)
+def test_presets_refuse_what_the_class_refuses(algo, override, match):
+    with pytest.raises(UsageError, match=match):
+        resolve_hyperparams(algo, "Pendulum-v1", override)
 
 
 def test_teacher_under_vecnormalize_sees_its_own_statistics():

@@ -67,14 +67,10 @@ class OffPolicyActorCriticDistillMixin(SelfDistillMixin):
     _student_parts: ActorCriticParts
 
     def _setup_model(self) -> None:
-        self._check_distill_options()
         super()._setup_model()  # type: ignore[misc]
         critic = self.critic if self.distiller.config.distill_value_coef > 0 else None  # type: ignore[attr-defined]
         self._student_parts = ActorCriticParts(self.actor, critic)  # type: ignore[attr-defined]
         self._bind_teacher_storage(self._student_parts)
-
-    def _check_distill_options(self) -> None:
-        """Options this algorithm cannot apply, refused before anything is built (a subclass adds its own)."""
 
     def _excluded_save_params(self) -> list[str]:
         # The live networks are saved by SB3 as the policy's state dict; this is only a view of them.

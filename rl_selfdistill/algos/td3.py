@@ -13,7 +13,6 @@ from torch.nn import functional as F
 
 from rl_selfdistill.algos.off_policy_continuous import ActorCriticParts, Member, OffPolicyActorCriticDistillMixin
 from rl_selfdistill.distill.kl import deterministic_kl
-from rl_selfdistill.errors import UsageError
 
 
 class SelfDistillTD3(OffPolicyActorCriticDistillMixin, TD3):
@@ -34,6 +33,8 @@ class SelfDistillTD3(OffPolicyActorCriticDistillMixin, TD3):
     """
 
     supported_teacher_modes = (*OffPolicyActorCriticDistillMixin.supported_teacher_modes, "target")
+    # A deterministic policy has no variance to hold out: only the full term (the squared action error) applies.
+    supported_choices = {**OffPolicyActorCriticDistillMixin.supported_choices, "distill_gaussian": ("full",)}
 
     _target_parts: ActorCriticParts
 
@@ -41,13 +42,6 @@ class SelfDistillTD3(OffPolicyActorCriticDistillMixin, TD3):
         super()._setup_model()
         critic_target = self.critic_target if self.distiller.config.distill_value_coef > 0 else None
         self._target_parts = ActorCriticParts(self.actor_target, critic_target)
-
-    def _check_distill_options(self) -> None:
-        super()._check_distill_options()
-        if self.distiller.config.distill_gaussian != "full":
-            raise UsageError(
-                "distill_gaussian does not apply to TD3's deterministic policy (its term is the squared action error); drop it"
-            )
 
     def _teachers(self) -> list[Member]:
         if self.distiller.teacher.mode == "target":
