@@ -304,7 +304,12 @@ def test_maskable_ppo_refuses_a_buffer_without_indices():
 @pytest.mark.parametrize(
     "algo,env_id,hyperparams",
     [
-        ("sd_qrdqn", "CartPole-v1", {"learning_starts": 100, "teacher_update_interval": 256, "train_freq": 4}),
+        # QR-DQN's default 200 quantiles make each gradient step cost 200 x 200 pairs per sample: 8 here.
+        (
+            "sd_qrdqn",
+            "CartPole-v1",
+            {"learning_starts": 100, "teacher_update_interval": 256, "policy_kwargs": {"n_quantiles": 8}},
+        ),
         ("sd_ppo_mask", "MaskedIdentity-v0", {"n_steps": 32, "batch_size": 64, "teacher_update_interval": 256}),
     ],
 )
@@ -321,7 +326,7 @@ def test_two_resumes_from_one_checkpoint_are_bit_identical(tmp_path, isolated_ho
         save_freq=512,
         keep_checkpoints=10,
         save_replay_buffer=True,
-        hyperparams={**hyperparams, "policy_kwargs": {"net_arch": [32, 32]}},
+        hyperparams={**hyperparams, "policy_kwargs": {"net_arch": [32, 32], **hyperparams.get("policy_kwargs", {})}},
         wandb_mode="disabled",
         progress=False,
         verbose=0,
@@ -399,6 +404,8 @@ def test_throughput_pair_through_the_cli(tmp_path, capsys, env_id, pair):
     argv += ["--n-envs", "2", "--teacher-update-interval", "64", "--device", "cpu", "--json", str(tmp_path / "t.json")]
     if pair[0] == "ppo_mask":
         argv += ["--n-steps", "32"]
+    else:  # no gradient step: throughput's QR-DQN has the default 200 quantiles (200 x 200 pairs per sample and step)
+        argv += ["--learning-starts", "100000", "--warmup", "128"]
     assert main(argv) == 0
     output = capsys.readouterr().out
     assert f"trial 1 {pair[1]}@dummy:" in output and "ratio B/A:" in output
