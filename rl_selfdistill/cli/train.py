@@ -49,6 +49,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="put the replay buffer of off-policy algorithms into every checkpoint (exact resume; GBs for Atari)",
     )
     parser.add_argument(
+        "--no-divergence-guard",
+        dest="divergence_guard",
+        action="store_false",
+        help="keep training when a loss, a parameter or the action distribution turns NaN/inf; without it such a run "
+        "stops with exit 2, keeps its last good checkpoint and is marked diverged. Recorded in config.yaml: --resume keeps it",
+    )
+    parser.add_argument(
         "--resume",
         type=Path,
         metavar="RUN_DIR",
@@ -115,6 +122,7 @@ def request_from_args(args: argparse.Namespace) -> Any:
         save_freq=args.save_freq,
         keep_checkpoints=args.keep_checkpoints,
         save_replay_buffer=args.save_replay_buffer,
+        divergence_guard=args.divergence_guard,
         hyperparams=parse_params(args.hyperparams),
         env_kwargs=key_values(args.env_kwargs, "--env-kwargs"),
         conf_file=args.conf_file,

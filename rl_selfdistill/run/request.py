@@ -38,6 +38,7 @@ class TrainRequest:
     over the preset's `env_kwargs`. `gym_packages` are imported first (they may register envs
     or algorithms). `num_threads` fixes torch's threads (default: sized to the env backend).
     `save_replay_buffer` puts an off-policy algorithm's replay buffer into every checkpoint.
+    `divergence_guard` stops the run when a loss or parameter turns non-finite (run/divergence.py).
     """
 
     algo: str
@@ -54,6 +55,7 @@ class TrainRequest:
     save_freq: int = 50_000
     keep_checkpoints: int = 3
     save_replay_buffer: bool = False
+    divergence_guard: bool = True
     hyperparams: dict[str, Any] = field(default_factory=dict)
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     conf_file: Path | None = None

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import rl_selfdistill.run.rundir as rundir
 from rl_selfdistill.errors import UsageError
@@ -50,6 +50,7 @@ class TrainingRun:
     wandb_run: Any = None
     lock: RunLock | None = None
     stop: GracefulStop = field(default_factory=GracefulStop)
+    guard: Any = None  # the DivergenceGuard of train(), None when the run turned it off
     _clock_start: float = field(default_factory=time.monotonic)
     _clock_base: float = 0.0
 
@@ -64,9 +65,14 @@ class TrainingRun:
         rundir.write_run_state(self.run_dir, self.state)
 
     def checkpoint(self) -> None:
+        if self.guard is not None:
+            self.guard.check_parameters()  # a checkpoint never holds non-finite weights
+        self._write_checkpoint()
+
+    def _write_checkpoint(self) -> Path:
         from rl_selfdistill.run.checkpoints import write_checkpoint
 
-        write_checkpoint(
+        folder = write_checkpoint(
             self.run_dir,
             self.model,
             wandb_run_id=self.wandb_run.id if self.wandb_run is not None else None,
@@ -74,6 +80,7 @@ class TrainingRun:
             save_replay_buffer=bool(self.options.get("save_replay_buffer")),
         )
         self.update_state()
+        return folder
 
     def __enter__(self) -> TrainingRun:
         self.stop.install()
@@ -98,9 +105,24 @@ class TrainingRun:
 
     def train(self) -> None:
         """Learn the rest of the budget, then save model.zip and mark the run finished."""
-        from rl_selfdistill.run.callbacks import StopRequested
+        from rl_selfdistill.run.divergence import RunDiverged
 
         total = int(self.config["hyperparams"]["n_timesteps"])
+        try:
+            self._learn(total)
+            if self.guard is not None:
+                self.guard.check_parameters()  # model.zip never holds non-finite weights
+        except RunDiverged as diverged:
+            self._stop_on_divergence(diverged)
+        if self.model._total_timesteps != total:
+            raise RuntimeError(f"schedule horizon is {self.model._total_timesteps}, expected {total}")
+        self._save_final_model()
+
+    def _learn(self, total: int) -> None:
+        """learn() to the budget; RunInterrupted after a graceful stop, RunDiverged when the guard stops it."""
+        from rl_selfdistill.run.callbacks import StopRequested
+        from rl_selfdistill.run.divergence import as_divergence
+
         remaining = max(total - int(self.model.num_timesteps), 0)
         callbacks = self._callbacks()
         try:
@@ -108,16 +130,25 @@ class TrainingRun:
             self.model.learn(remaining, callback=callbacks, reset_num_timesteps=not self.resumed)
         except StopRequested:
             callbacks.on_training_end()  # what learn() does when it ends by itself (closes the progress bar)
-        except Exception:
+        except Exception as error:
+            diverged = as_divergence(error, self.guard, int(self.model.num_timesteps))
+            if diverged is not None:
+                callbacks.on_training_end()
+                raise diverged from None
             # A SIGTERM sent to the whole process group also ends subprocess env workers, and the env step under
             # way fails. The learner's own state is whole (updates happen between steps): checkpoint it.
             if not self.stop.requested:
                 raise
         if self.stop.requested and self.model.num_timesteps < total:
             self._stop_on_signal()
-        if self.model._total_timesteps != total:
-            raise RuntimeError(f"schedule horizon is {self.model._total_timesteps}, expected {total}")
-        self._save_final_model()
+
+    def _stop_on_divergence(self, diverged: Any) -> NoReturn:
+        """Keep the last good checkpoint (never the bad weights: no model.zip), mark the run "diverged", raise."""
+        from rl_selfdistill.run.divergence import keep_last_good
+
+        diverged.record_kept(self.run_dir, keep_last_good(self.guard, self.model, self.run_dir, self._write_checkpoint))
+        self.update_state(status="diverged", diverged_at=rundir.utc_now(), divergence=diverged.as_record())
+        raise diverged
 
     def _stop_on_signal(self) -> None:
         """Checkpoint (whatever --save-freq says: otherwise all work since the last one is lost), mark, raise."""
@@ -139,8 +170,12 @@ class TrainingRun:
         import rl_selfdistill.run.callbacks as callbacks
         from rl_selfdistill.envs.continual import ContinualLevelCallback, is_continual
         from rl_selfdistill.run.build import evaluates_deterministically
+        from rl_selfdistill.run.divergence import DivergenceGuard
 
+        # First: nothing below (a checkpoint, a graceful stop, an evaluation) may see weights the guard would refuse.
+        self.guard = DivergenceGuard() if self.options.get("divergence_guard", True) else None
         chosen: list[Any] = [
+            *([self.guard] if self.guard is not None else []),
             callbacks.StopAtRolloutStart(lambda: self.stop.requested),
             callbacks.CheckpointCallback(self.checkpoint, self.options["save_freq"]),
         ]
