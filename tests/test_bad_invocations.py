@@ -69,6 +69,7 @@ BAD_INVOCATIONS: list[tuple[list[str], str]] = [
     ([*TRAIN, "--num-threads", "0"], "--num-threads must be an integer >= 1"),
     ([*TRAIN, "--n-eval-envs", "0"], "--n-eval-envs must be an integer >= 1"),
     ([*TRAIN, "--track", "--wandb-mode", "offline"], "not allowed with"),
+    ([*TRAIN, "--verbose", "-1"], "--verbose must be an integer >= 0"),
     # train: what SB3 would assert on only once the envs exist or training runs
     ([*TRAIN, "-n", "100", "--n-envs", "1", "-params", "n_steps:1"], "n_steps x n_envs = 1 x 1"),
     ([*TRAIN, "-n", "100", "-params", "batch_size:1"], "batch_size must be at least 2 with normalize_advantage"),
@@ -94,6 +95,8 @@ BAD_INVOCATIONS: list[tuple[list[str], str]] = [
     (["benchmark", "--envs", "CartPol-v1", "-n", "1000", "-o", "bench"], "unknown env id 'CartPol-v1'"),
     ([*BENCHMARK, "--algos", "ddpg", "-o", "bench"], "unknown algorithm 'ddpg'"),
     (["benchmark", "--envs", "CartPole-v1", "-n", "1000", "--seeds", "0", "-o", "bench"], "--seeds must be at least 1"),
+    ([*BENCHMARK, "--cpus-per-run", "0", "-o", "bench"], "--cpus-per-run must be positive"),
+    ([*BENCHMARK, "--gpus-per-run", "-1", "-o", "bench"], "--gpus-per-run must be at least 0"),
     # report
     (["report", "nowhere"], "benchmark folder nowhere does not exist"),
     (["report", "empty"], "empty holds no benchmark runs"),
@@ -108,6 +111,10 @@ BAD_INVOCATIONS: list[tuple[list[str], str]] = [
     ([*THROUGHPUT, "--threads", "0"], "--threads must be positive"),
     ([*THROUGHPUT, "--json", "afile/result.json"], "--json's folder 'afile' cannot be created"),
     ([*THROUGHPUT, "--a", "ppo", "--b", "sd_dqn"], "different algorithm families"),
+    (
+        ["throughput", "--env", "Pendulum-v1", "--a", "dqn", "--b", "sd_dqn", "--pairs", "1"],
+        "dqn needs a discrete action space",
+    ),
     # tune
     ([*TUNE, "--space", "latin1.yaml", "-o", "study"], "search space 'latin1.yaml' is not UTF-8 text"),
     ([*TUNE, "--space", "broken.yaml", "-o", "study"], "search space 'broken.yaml' is not valid YAML"),

@@ -182,16 +182,18 @@ def test_job_is_picklable_for_pool_and_ray(tmp_path):
     assert pickle.loads(pickle.dumps(job)) == job
 
 
-def test_a_failing_run_is_recorded_and_reported(tmp_path, capsys):
+def test_a_failing_run_is_recorded_and_reported(tmp_path, capsys, monkeypatch):
+    # Bad input is refused before any cell trains; this run fails because its env cannot be built.
+    monkeypatch.syspath_prepend(str(Path(__file__).with_name("plugins")))
     out = tmp_path / "out"
-    argv = ["benchmark", "--envs", "CartPole-v1", "--algos", "sd_ppo", "--seeds", "1", "-n", "256", "--device", "cpu"]
-    argv += ["--wandb-mode", "disabled", "-params", "distill_coef:-1", "-o", str(out)]
-    assert main(argv) == 1  # the grid ran to its end; one run failed
+    argv = ["benchmark", "--envs", "FailingCartPole-v0", "--algos", "sd_ppo", "--seeds", "1", "-n", "256", "--device", "cpu"]
+    argv += ["--n-envs", "1", "--vec-env", "dummy", "--gym-packages", "failing_env", "--wandb-mode", "disabled"]
+    assert main([*argv, "-o", str(out)]) == 1  # the grid ran to its end; one run failed
     assert "FAILED" in capsys.readouterr().out
     failures = json.loads((out / "benchmark.json").read_text())["invocations"][0]["failures"]
-    assert [failure["run"] for failure in failures] == ["sd_ppo/CartPole-v1/seed0"]
-    assert main(["report", str(out), "--reps", "100"]) == 0
-    assert "`sd_ppo/CartPole-v1/seed0`: failed: UsageError" in (out / "report.md").read_text()
+    assert [failure["run"] for failure in failures] == ["sd_ppo/FailingCartPole-v0/seed0"]
+    assert main(["report", str(out), "--reps", "100", "--gym-packages", "failing_env"]) == 0
+    assert "`sd_ppo/FailingCartPole-v0/seed0`: failed: RuntimeError" in (out / "report.md").read_text()
 
 
 def test_unknown_env_is_refused_before_anything_runs(tmp_path, capsys):

@@ -228,8 +228,10 @@ def policy_for(env: Any, algo_class: type | None = None) -> str:
 
 def build_model(env_id: str, spec: AlgoSpec, settings: ThroughputSettings) -> Any:
     from rl_selfdistill.envs import make_vec_env
+    from rl_selfdistill.run.build import check_action_space
 
     env = make_vec_env(env_id, n_envs=settings.n_envs, backend=spec.backend, seed=settings.seed)
+    check_action_space(spec.algo, env)  # one line, not SB3's assertion
     algo_class = registry.algo_class(spec.algo)
     return algo_class(policy_for(env, algo_class), env, **algo_kwargs(spec, settings))
 

@@ -129,6 +129,10 @@ def requested_manifest(args: argparse.Namespace) -> Manifest:
     check_reporting_seeds(range(args.first_seed, args.first_seed + args.seeds), allow_tuning_seeds=args.allow_tuning_seeds)
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.cpus_per_run is not None and args.cpus_per_run <= 0:
+        raise UsageError(f"--cpus-per-run must be positive, got {args.cpus_per_run}")
+    if args.gpus_per_run < 0:
+        raise UsageError(f"--gpus-per-run must be at least 0, got {args.gpus_per_run}")
     envs = resolve_envs(args.suite, args.envs, args.n_timesteps)
     algos = list(dict.fromkeys(args.algos))
     return Manifest(

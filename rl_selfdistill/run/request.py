@@ -97,6 +97,7 @@ def check_request(request: TrainRequest) -> None:
         ("--save-freq", request.save_freq, 0, False),
         ("--keep-checkpoints", request.keep_checkpoints, 1, False),
         ("--num-threads", request.num_threads, 1, True),
+        ("--verbose", request.verbose, 0, False),
     ]
     for option, value, minimum, may_be_none in checks:
         if value is None and may_be_none:
