@@ -215,6 +215,16 @@ class DivergenceGuard(BaseCallback):
         self.next_parameter_check = 0
         self.last_good: dict[str, Any] | None = None
         self.last_good_step: int | None = None
+        self.evaluation: Any = None
+
+    def before_evaluations_of(self, evaluation: Any) -> None:
+        """Check the parameters on the steps where `evaluation` (an EvalCallback after the guard) will evaluate.
+
+        Between two checks an off-policy agent may act with weights that became non-finite in an update whose loss
+        was still finite (an overflowing gradient); an evaluation then would score them, and save them as
+        best_model.zip. The guard's `_on_step` is called every step anyway, as every callback's is.
+        """
+        self.evaluation = evaluation
 
     def _on_training_start(self) -> None:
         self.next_parameter_check = int(self.model.num_timesteps)  # the state training starts from is the first copy
@@ -227,6 +237,10 @@ class DivergenceGuard(BaseCallback):
             self.next_parameter_check = int(self.model.num_timesteps) + self.parameter_check_steps
 
     def _on_step(self) -> bool:
+        evaluation = self.evaluation
+        # The evaluation callback comes later in the list: its n_calls is one behind at this point.
+        if evaluation is not None and evaluation.eval_freq > 0 and (evaluation.n_calls + 1) % evaluation.eval_freq == 0:
+            self.check_parameters()
         return True
 
     def check_losses(self) -> None:

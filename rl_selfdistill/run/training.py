@@ -196,6 +196,8 @@ class TrainingRun:
                 masked=registry.get(self.config["algo"]).needs_action_masks,
             )
             callbacks.continue_eval_history(evaluation, self.run_dir, int(self.model.num_timesteps), n_envs, self.eval_history)
+            if self.guard is not None:
+                self.guard.before_evaluations_of(evaluation)
             chosen.append(evaluation)
         if callbacks.progress_wanted(self.options["progress"]):
             chosen.append(callbacks.ProgressBarCallback(self.config["hyperparams"]["n_timesteps"]))
