@@ -25,7 +25,7 @@ import pandas as pd
 
 from rl_selfdistill.algos import registry
 from rl_selfdistill.benchmark._compat import patch_pandas_deprecate_kwarg
-from rl_selfdistill.benchmark.grid import RunSpec, RunState, run_state
+from rl_selfdistill.benchmark.grid import RunSpec, RunState, diverged_note, run_state
 from rl_selfdistill.run.rundir import EVAL_CSV, read_run_info
 
 patch_pandas_deprecate_kwarg()  # before rliable imports arch
@@ -119,6 +119,8 @@ def load_run(out: Path, spec: RunSpec) -> RunResult:
 
 
 def _score_or_problem(result: RunResult) -> tuple[float | None, str | None]:
+    if result.status == RunState.DIVERGED.value:
+        return None, diverged_note(result.run_dir)
     if result.status != RunState.FINISHED.value:
         done = result.timesteps_done if result.timesteps_done is not None else "?"
         return None, f"unfinished ({done}/{result.n_timesteps} steps)"

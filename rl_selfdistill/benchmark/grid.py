@@ -30,6 +30,7 @@ class RunState(StrEnum):
     MISSING = "missing"  # no run directory yet
     INTERRUPTED = "interrupted"  # a run directory exists but training did not finish
     FINISHED = "finished"
+    DIVERGED = "diverged"  # stopped by the divergence guard: a result like a finished run, never retried
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,18 @@ def run_state(run_dir: Path) -> RunState:
     if not run_dir.exists():
         return RunState.MISSING
     info = read_run_info(run_dir)
-    if info is not None and info.get("status") == "finished":
-        return RunState.FINISHED
+    if info is not None and info.get("status") in (RunState.FINISHED, RunState.DIVERGED):
+        return RunState(info["status"])
     return RunState.INTERRUPTED
+
+
+def diverged_note(run_dir: Path) -> str:
+    """One line on a diverged run from its run.json: where it diverged, on what, and the checkpoint it kept."""
+    record = (read_run_info(run_dir) or {}).get("divergence") or {}
+    kept = "no good checkpoint"
+    if record.get("checkpoint"):
+        kept = f"last good checkpoint at step {record['checkpoint_step']}"
+    return f"diverged at step {record.get('step', '?')}: {record.get('quantity', '?')} not finite; {kept}"
 
 
 def validate_algos(algos: list[str]) -> None:

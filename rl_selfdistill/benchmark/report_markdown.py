@@ -18,6 +18,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         _md_per_env(summary),
         _md_figures(summary),
         _md_runs(summary),
+        _md_diverged(summary),
         _md_excluded(summary),
         _md_provenance(summary),
     ]
@@ -146,6 +147,23 @@ def _md_runs(summary: dict[str, Any]) -> str:
         )
     total = sum(run["wall_clock_s"] or 0.0 for run in summary["runs"])
     lines += ["", f"Total training wall-clock over all runs: {total:.0f} s ({total / 3600:.2f} h)."]
+    return "\n".join(lines)
+
+
+def _md_diverged(summary: dict[str, Any]) -> str:
+    """Runs the divergence guard stopped: named on their own, since a NaN run is a result about its settings."""
+    diverged = [run for run in summary["runs"] if run["status"] == "diverged"]
+    if not diverged:
+        return ""
+    lines = [
+        "## Diverged runs",
+        "",
+        f"{len(diverged)} run(s) stopped because a loss, a trained parameter or the action distribution became "
+        "non-finite (the divergence guard); they have no score and no final model:",
+        "",
+    ]
+    for run in diverged:
+        lines.append(f"- `{run['algo']}/{run['env_id']}/seed{run['seed']}` in `{run['run_dir']}`: {run['problem']}")
     return "\n".join(lines)
 
 

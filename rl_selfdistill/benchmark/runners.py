@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rl_selfdistill.benchmark.grid import RunSpec, RunState, run_state
+from rl_selfdistill.benchmark.grid import RunSpec, RunState, diverged_note, run_state
 from rl_selfdistill.run import rundir
 from rl_selfdistill.run.checkpoints import UnrecoverableCheckpoints
 
@@ -54,10 +54,14 @@ class RunOutcome:
 
 def execute_run(job: RunJob) -> RunOutcome:
     """Train, resume or skip one cell. Errors are returned, not raised, so one bad run does not end the grid."""
+    from rl_selfdistill.run.divergence import RunDiverged
+
     limit_threads(job.torch_threads)
     state = run_state(job.run_dir)
     if state is RunState.FINISHED:
         return RunOutcome(job.spec.label, str(job.run_dir), "skipped", 0.0)
+    if state is RunState.DIVERGED:  # the same seed and settings would diverge again: reported, not retrained
+        return RunOutcome(job.spec.label, str(job.run_dir), "skipped", 0.0, diverged_note(job.run_dir))
     action = "resumed" if state is RunState.INTERRUPTED else "trained"
     start = time.monotonic()
     try:
@@ -66,6 +70,8 @@ def execute_run(job: RunJob) -> RunOutcome:
         restart = rundir.format_command([rundir.PROGRAM, "train", "--resume", job.run_dir, "--restart-if-unrecoverable"])
         message = f"{error.problem}; to start this cell over from step 0, run `{restart}`, then the benchmark again"
         return RunOutcome(job.spec.label, str(job.run_dir), action, time.monotonic() - start, message)
+    except RunDiverged:  # a result of these settings, not a crash: one line from run.json, no traceback
+        return RunOutcome(job.spec.label, str(job.run_dir), action, time.monotonic() - start, diverged_note(job.run_dir))
     except Exception as error:  # noqa: BLE001 - reported per run, the grid goes on
         traceback.print_exc()  # the worker's stderr keeps the full story; the outcome carries one line
         message = f"{type(error).__name__}: {error}"
