@@ -169,17 +169,18 @@ def check_combination(algo: str, values: Mapping[str, Any]) -> None:
 def check_sb3_combination(cls: type, values: Mapping[str, Any]) -> None:
     """What SB3 would assert on later (after the envs are built, or once training runs), refused now in one line.
 
-    Read from the SB3 parent's constructor, not from algorithm names: a class with a minibatch size and advantage
-    normalisation (PPO) needs more than one sample per minibatch and per rollout; one that trains every N
-    episodes (off-policy `train_freq: [N, episode]`) needs a single env. Keys not given yet are not checked.
+    Read from the SB3 parent's constructor, not from algorithm names: a class that normalises advantages (PPO,
+    and A2C when asked) needs more than one sample per rollout and per minibatch (one sample normalises to NaN;
+    SB3 asserts for PPO); one that trains every N episodes (off-policy `train_freq: [N, episode]`) needs a
+    single env. Keys not given yet are not checked.
     """
     parameters = inspect.signature(sb3_parent(cls).__init__).parameters
 
     def value(key: str) -> Any:
         return values[key] if key in values else getattr(parameters.get(key), "default", None)
 
-    if "batch_size" in parameters and "normalize_advantage" in parameters and value("normalize_advantage"):
-        if isinstance(value("batch_size"), int) and value("batch_size") <= 1:
+    if "normalize_advantage" in parameters and value("normalize_advantage"):
+        if "batch_size" in parameters and isinstance(value("batch_size"), int) and value("batch_size") <= 1:
             raise UsageError(
                 "batch_size must be at least 2 with normalize_advantage (one sample normalises to NaN); "
                 "raise batch_size or set normalize_advantage: false"
