@@ -279,6 +279,30 @@ def test_maskable_ppo_multidiscrete_masks_distil_finitely():
     assert np.isfinite(model.logger.name_to_value["distill/kl"]) and model.logger.name_to_value["distill/kl"] > 0
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"teacher_mode": "lagged", "teacher_update_unit": "gradient_steps", "teacher_update_interval": 2},
+        {"distill_separate_batch": True, "distill_value_coef": 0.5, "kl_direction": "reverse", "distill_temperature": 2.0},
+        {"teacher_mode": "ensemble", "teacher_ensemble_size": 2, "teacher_update_interval": 64},
+    ],
+    ids=["lagged-per-step", "separate-batch-value-reverse", "ensemble"],
+)
+def test_maskable_ppo_variants_distil_under_the_masks(options):
+    """Teachers run on each minibatch (lagged), separate batches (masked by their own rows) and ensembles."""
+    model = SelfDistillMaskablePPO(
+        "MlpPolicy", masked_env(), seed=0, **{"teacher_update_interval": 128, **options}, **PPO_TINY
+    )
+    model.learn(384)
+    kl = model.logger.name_to_value["distill/kl"]
+    assert model.distiller.teacher.is_ready and np.isfinite(kl) and kl > 0
+
+
+def test_maskable_ppo_parameters_look_like_maskable_ppos_before_the_first_refresh():
+    model = SelfDistillMaskablePPO("MlpPolicy", masked_env(), seed=0, **PPO_TINY)
+    assert list(model.get_parameters()) == list(MaskablePPO("MlpPolicy", masked_env(), **PPO_TINY).get_parameters())
+
+
 def test_maskable_ppo_save_load_restores_the_teacher_and_continues(tmp_path):
     model = SelfDistillMaskablePPO("MlpPolicy", masked_env(), seed=0, teacher_update_interval=128, **PPO_TINY).learn(384)
     model.save(tmp_path / "agent.zip")
