@@ -443,8 +443,9 @@ def test_throughput_pair_through_the_cli(tmp_path, capsys, env_id, pair):
 @pytest.mark.parametrize("algo_class", [QRDQN, SelfDistillQRDQN], ids=["qrdqn", "sd_qrdqn"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_qrdqn_learns_cartpole_with_the_zoo_preset(algo_class, seed):
-    """The Zoo's tuned QR-DQN CartPole-v1 entry (its 50k-step budget); sd_qrdqn.yaml's distillation settings."""
-    from stable_baselines3.common.evaluation import evaluate_policy as sb3_evaluate
+    """The Zoo's tuned QR-DQN CartPole-v1 entry (its 50k-step budget) with sd_qrdqn.yaml's distillation settings;
+    training stops once a deterministic evaluation of 10 episodes (every 5k steps) averages 400 or more."""
+    from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
 
     from rl_selfdistill.config.policy import build_policy_kwargs
 
@@ -452,11 +453,16 @@ def test_qrdqn_learns_cartpole_with_the_zoo_preset(algo_class, seed):
     kwargs = {key: value for key, value in hyperparams.items() if key not in ("policy", "n_envs", "n_timesteps")}
     kwargs["policy_kwargs"] = build_policy_kwargs(kwargs["policy_kwargs"])
     model = algo_class("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1, seed=seed), seed=seed, device="cpu", **kwargs)
-    model.learn(int(hyperparams["n_timesteps"]))
-    mean, _ = sb3_evaluate(model, make_vec_env("CartPole-v1", n_envs=1, seed=500 + seed), n_eval_episodes=10)
+    evaluation = EvalCallback(
+        make_vec_env("CartPole-v1", n_envs=1, seed=500 + seed),
+        eval_freq=5_000,
+        n_eval_episodes=10,
+        callback_on_new_best=StopTrainingOnRewardThreshold(reward_threshold=400, verbose=0),
+    )
+    model.learn(int(hyperparams["n_timesteps"]), callback=evaluation)
     if algo_class is SelfDistillQRDQN:
-        assert model.distiller.teacher.n_updates >= 40
-    assert mean >= 150
+        assert model.distiller.teacher.n_updates >= 1
+    assert evaluation.best_mean_reward >= 300
 
 
 @pytest.mark.slow
