@@ -375,7 +375,7 @@ def test_learns_pendulum_with_the_zoo_preset(algo, seed):
     """The Zoo's Pendulum-v1 preset (its 20k-step budget, TD3 acting randomly for the first 10k); training stops once
     a deterministic evaluation of 5 episodes, every 1000 steps, averages more than -400. Held on every run so far:
     each of the 8 cases once (sd_td3 seed 0 twice: its first run hit the old 900 s timeout, not the threshold). SAC and
-    SD-SAC stopped after 3k-4k steps (best -100 to -238), TD3 and SD-TD3 after 14k-16k (best -192 to -268). CPU-bound:
+    SD-SAC stopped after 3k-4k steps (best -100 to -249), TD3 and SD-TD3 after 14k-16k (best -192 to -268). CPU-bound:
     4-25 minutes per run on one shared core."""
     hyperparams = resolve_hyperparams(algo, "Pendulum-v1")
     env = make_vec_env("Pendulum-v1", n_envs=1, seed=seed)
