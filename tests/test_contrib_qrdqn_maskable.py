@@ -444,7 +444,9 @@ def test_throughput_pair_through_the_cli(tmp_path, capsys, env_id, pair):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_qrdqn_learns_cartpole_with_the_zoo_preset(algo_class, seed):
     """The Zoo's tuned QR-DQN CartPole-v1 entry (its 50k-step budget) with sd_qrdqn.yaml's distillation settings;
-    training stops once a deterministic evaluation of 10 episodes (every 5k steps) averages 400 or more."""
+    training stops once a deterministic evaluation of 10 episodes (every 5k steps) averages 400 or more. Run twice
+    (seeds 0 and 1 each time; the runs are deterministic, so both times gave the same curves): every run stopped
+    with a best evaluation of 432.9-500, qrdqn after 30k-40k steps, sd_qrdqn after 25k-40k; the threshold is 300."""
     from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
 
     from rl_selfdistill.config.policy import build_policy_kwargs
@@ -469,7 +471,8 @@ def test_qrdqn_learns_cartpole_with_the_zoo_preset(algo_class, seed):
 @pytest.mark.parametrize("algo_class", [MaskablePPO, SelfDistillMaskablePPO], ids=["ppo_mask", "sd_ppo_mask"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_maskable_ppo_learns_the_masked_toy_task(algo_class, seed):
-    """ppo_mask.yaml's MaskedIdentity-v0 entry at half its budget; evaluated with masks (the maximum return is 100)."""
+    """ppo_mask.yaml's MaskedIdentity-v0 entry at half its budget; evaluated with masks (the maximum return is 100;
+    a random legal action earns 25). Run twice (seeds 0 and 1 each time): passed every time."""
     hyperparams = resolve_hyperparams(
         "sd_ppo_mask" if algo_class is SelfDistillMaskablePPO else "ppo_mask", "MaskedIdentity-v0"
     )
