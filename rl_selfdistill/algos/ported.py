@@ -74,9 +74,9 @@ MASKABLE_PPO_TRAIN = PortedSource(
 
 # RecurrentPPO.train and TRPO.train are identical in sb3-contrib 2.8.0, 2.9.0 and 2.9.2, the versions copied (each
 # release's wheel). In 2.7.0 and 2.7.1 RecurrentPPO.train adds n_epochs to _n_updates after the epochs, also after a
-# target_kl early stop (the parameters train identically); TRPO.train computes the line search's maximal step in float32 tensors (th.sqrt) instead of a
-# float64 number (the same algorithm, last-bit differences in the step) and zips without strict=True. The copies
-# follow 2.8 on 2.7 too.
+# target_kl early stop (the parameters train identically); TRPO.train computes the line search's maximal step in
+# float32 tensors (th.sqrt) instead of a float64 number (the same algorithm, last-bit differences in the step) and
+# zips without strict=True. The copies follow 2.8 on 2.7 too.
 RECURRENT_PPO_TRAIN = PortedSource(
     "sb3_contrib.RecurrentPPO.train",
     "4fab73aa4c90cc7930d5acfd94442eca1b6695f229054e3ce8cc3d2835c16c16",
