@@ -52,7 +52,8 @@ def test_specs_follow_the_algorithm_registry():
         assert spec.is_sd and spec.on_policy
         check_pair(AlgoSpec("ppo"), spec, pairs=1)
         assert algo_kwargs(spec, TINY)["teacher_update_interval"] == 128
-        with pytest.raises(UsageError, match="different algorithm families; compare ppo with sd_ppo or dqn with sd_dqn"):
+        expected = r"different algorithm families; pick both from one \(dqn family: dqn, sd_dqn; ppo family: ppo, sd_ppo, "
+        with pytest.raises(UsageError, match=expected + r".*sd_ppo_test\)$"):
             check_pair(AlgoSpec("dqn"), spec, pairs=1)
     finally:
         registry.unregister(entry.name)

@@ -341,9 +341,14 @@ def teacher_updates(model: Any) -> int | None:
 
 
 def check_pair(a: AlgoSpec, b: AlgoSpec, pairs: int) -> None:
-    if registry.base_name(a.algo) != registry.base_name(b.algo):
-        pairs_text = " or ".join(f"{base} with {name}" for name, base in registry.comparison_pairs(registry.names()))
-        raise UsageError(f"{a.label} and {b.label} are different algorithm families; compare {pairs_text}")
+    bases = (registry.base_name(a.algo), registry.base_name(b.algo))
+    if bases[0] != bases[1]:
+        # Name only the two families involved: the whole registry is too long for a one-line error.
+        families = "; ".join(
+            f"{base} family: {', '.join(name for name in registry.names() if registry.base_name(name) == base)}"
+            for base in bases
+        )
+        raise UsageError(f"{a.label} and {b.label} are different algorithm families; pick both from one ({families})")
     if pairs < 1:
         raise UsageError(f"--pairs must be at least 1, got {pairs}")
 
