@@ -156,7 +156,8 @@ def test_without_the_guard_a_diverging_run_trains_to_the_end_as_before(run_cli, 
     assert result.returncode == 0, result.stderr
     run_dir = run_dir_of(tmp_path, "dqn", "CartPole-v1")
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
-    assert zips_with_non_finite_weights(run_dir) == ["model.zip"]  # the garbage the guard exists to refuse
+    # The garbage the guard exists to refuse, in model.zip and in the final checkpoint written beside it.
+    assert zips_with_non_finite_weights(run_dir) == ["checkpoints/ckpt_000000000400/model.zip", "model.zip"]
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["options"]["divergence_guard"] is False
 
 

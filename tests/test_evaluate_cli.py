@@ -67,6 +67,7 @@ def test_unfinished_run_scores_its_newest_checkpoint_and_says_so(finished_run: P
     unfinished = tmp_path / "unfinished"
     shutil.copytree(finished_run, unfinished)
     (unfinished / "model.zip").unlink()
+    shutil.rmtree(unfinished / "checkpoints" / "ckpt_000000001024")  # the final checkpoint: a killed run has none
     state = json.loads((unfinished / "run.json").read_text())
     (unfinished / "run.json").write_text(json.dumps({**state, "status": "running", "finished_at": None}))
 

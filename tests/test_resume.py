@@ -355,9 +355,40 @@ def test_resume_applies_and_records_a_larger_budget_and_new_cadences(tmp_path: P
         and "-n 2048" in last_command
         and last_command.endswith(f"# resumed at step {CHECKPOINT_STEP}")
     )
-    # The new cadences applied: checkpoints every 512 steps after the resume (256 before), evaluations at 1024 and 2048.
-    assert [int(path.name.split("_")[1]) for path in list_checkpoints(copy_dir)] == [256, 512, 1024, 1536]
+    # The new cadences applied: checkpoints every 512 steps after the resume (256 before), then the final one.
+    assert [int(path.name.split("_")[1]) for path in list_checkpoints(copy_dir)] == [256, 512, 1024, 1536, 2048]
     assert _evaluations(copy_dir)["timesteps"].tolist() == [1024, 2048]
+
+
+def test_a_finished_run_is_extended_only_with_a_larger_budget_and_continues_exactly(
+    tmp_path: Path, isolated_home: Path, capsys
+):
+    from rl_selfdistill.cli import main
+
+    extended = run_training(_request("sd_ppo", tmp_path / "extended", n_timesteps=1024, save_freq=256))
+    assert int(list_checkpoints(extended)[-1].name.split("_")[1]) == 1024  # the final checkpoint
+    capsys.readouterr()
+    assert main(["train", "--resume", str(extended)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "already finished its budget (1024 steps); pass -n above 1024 to extend it" in line, line
+
+    assert main(["train", "--resume", str(extended), "-n", "2048"]) == 0, capsys.readouterr().err
+    state = json.loads((extended / "run.json").read_text())
+    assert state["status"] == "finished" and state["num_timesteps_done"] == 2048
+    assert [entry["step"] for entry in state["resumes"]] == [1024]
+    # Extending 1024 -> 2048 trains exactly what a run of 2048 steps interrupted at its checkpoint 1024 trains
+    # from there, except the schedules: both were told 2048 only at the resume, so compare with such a copy.
+    whole = run_training(_request("sd_ppo", tmp_path / "whole", n_timesteps=1024, save_freq=256))
+    copy_dir = interrupted_copy(whole, tmp_path / "copy", 1024)
+    assert main(["train", "--resume", str(copy_dir), "-n", "2048"]) == 0, capsys.readouterr().err
+    a = load_checkpoint(list_checkpoints(extended)[-1], read_config(extended))[0]
+    b = load_checkpoint(list_checkpoints(copy_dir)[-1], read_config(copy_dir))[0]
+    for (name, left), right in zip(a.policy.state_dict().items(), b.policy.state_dict().values(), strict=True):
+        assert torch.equal(left, right), name
+
+    no_checkpoints = run_training(_request("sd_ppo", tmp_path / "bare", n_timesteps=512, save_freq=0))
+    assert main(["train", "--resume", str(no_checkpoints), "-n", "1024"]) == 2
+    assert "finished without checkpoints (--save-freq 0): it cannot be extended" in capsys.readouterr().err
 
 
 def test_resume_refuses_options_that_would_make_another_run(tmp_path: Path, isolated_home: Path, capsys):

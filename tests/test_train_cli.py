@@ -71,7 +71,8 @@ def test_train_writes_a_complete_run_directory(cartpole_run):
     for name in ("config.yaml", "command.txt", "progress.csv", "eval.csv", "best_model.zip", "model.zip", "run.json"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
-    assert [path.name for path in list_checkpoints(run_dir)] == ["ckpt_000000002048"]
+    # the last one is the final checkpoint, written so that `--resume RUN -n MORE` continues exactly
+    assert [path.name for path in list_checkpoints(run_dir)] == ["ckpt_000000002048", "ckpt_000000004096"]
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["algo"] == "sd_ppo" and config["seed"] == 3
@@ -347,8 +348,10 @@ def test_save_replay_buffer_is_recorded(run_cli: Runner, tmp_path: Path):
     for run_dir, flag in (("with", ["--save-replay-buffer"]), ("without", [])):
         result = run_cli(*args, *flag, "--run-dir", run_dir)
         assert result.returncode == 0, result.stderr[-3000:]
-        [checkpoint] = list_checkpoints(tmp_path / run_dir)
-        assert (checkpoint / "replay_buffer.pkl").exists() == bool(flag)
+        checkpoints = list_checkpoints(tmp_path / run_dir)
+        done = json.loads((tmp_path / run_dir / "run.json").read_text())["num_timesteps_done"]
+        assert len(checkpoints) == 2 and checkpoints[-1].name == f"ckpt_{done:012d}"  # the last is the final one
+        assert all((checkpoint / "replay_buffer.pkl").exists() == bool(flag) for checkpoint in checkpoints)
         assert yaml.safe_load((tmp_path / run_dir / "config.yaml").read_text())["options"]["save_replay_buffer"] == bool(flag)
 
 

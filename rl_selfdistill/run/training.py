@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
 
+import rl_selfdistill.run.resume as resume
 import rl_selfdistill.run.rundir as rundir
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.run.interrupts import GracefulStop, RunInterrupted
@@ -81,6 +82,11 @@ class TrainingRun:
         )
         self.update_state()
         return folder
+
+    def _has_checkpoint_at(self, step: int) -> bool:
+        from rl_selfdistill.run.checkpoints import list_checkpoints
+
+        return any(path.name.endswith(f"_{step:012d}") for path in list_checkpoints(self.run_dir)[-1:])
 
     def __enter__(self) -> TrainingRun:
         self.stop.install()
@@ -235,6 +241,8 @@ class TrainingRun:
     def _save_final_model(self) -> None:
         from rl_selfdistill import tracking
 
+        if self.options.get("save_freq") and not self._has_checkpoint_at(int(self.model.num_timesteps)):
+            self._write_checkpoint()  # a final checkpoint: `--resume RUN -n MORE` extends the run exactly
         final = self.run_dir / rundir.MODEL
         temp = self.run_dir / f".{rundir.MODEL}.tmp.zip"
         self.model.save(temp)
@@ -305,7 +313,7 @@ def prepare_resume(
         raise UsageError(f"--resume {str(run_dir)!r}: no such run directory; pass a folder like logs/sd_ppo/CartPole-v1_1")
     # Checked before the lock too, so that resuming a folder that is no run, or a finished run, leaves it untouched.
     rundir.read_raw_config(run_dir)
-    _refuse_finished(run_dir, rundir.read_run_info(run_dir) or {})
+    resume.refuse_finished(run_dir, rundir.read_run_info(run_dir) or {}, changes)
     lock = acquire(run_dir)
     try:
         run = _restore(
@@ -340,18 +348,19 @@ def _restore(
     import_gym_packages(list(raw["options"].get("gym_packages") or []))
     config = rundir.read_config(run_dir)
     for resolved in (raw, config):
-        _apply_changes(resolved, changes)
+        resume.apply_changes(resolved, changes)
     # A run killed between writing config.yaml and run.json has no state yet: it starts over.
     state = rundir.read_run_state(run_dir) if (run_dir / rundir.RUN_STATE).exists() else rundir.initial_run_state(config)
-    _refuse_finished(run_dir, state)
+    resume.refuse_finished(run_dir, state, changes)
     check_device(config["options"]["device"])
     recovery = inspect_checkpoints(run_dir)  # reads only: nothing changes before every check has passed
     if recovery.unrecoverable and not restart_if_unrecoverable:
         raise UnrecoverableCheckpoints(run_dir, recovery.damaged)
+    resume.say_where_an_extension_starts(run_dir, state, recovery.checkpoint)
     if recovery.checkpoint is not None:
         model, eval_env, meta = load_checkpoint(recovery.checkpoint, config)
         state["wandb_run_id"] = meta.get("wandb_run_id") or state.get("wandb_run_id")
-        _say_if_replay_buffer_restarts(config, recovery.checkpoint)
+        resume.say_if_replay_buffer_restarts(config, recovery.checkpoint)
     else:  # killed before its first checkpoint (or all damaged, and asked to): start over in the same directory
         env, eval_env = build_envs(config, seed=config["seed"])
         model = build_model(config, env)
@@ -378,32 +387,6 @@ def _restore(
     run._clock_base = float(state.get("wall_clock_s") or 0.0)
     rundir.append_command(run_dir, (command or rundir.invoked_command()) + f"  # resumed at step {steps}")
     return run
-
-
-def _apply_changes(config: dict[str, Any], changes: dict[str, Any]) -> None:
-    for name, value in changes.items():
-        if name == "n_timesteps":
-            config["hyperparams"]["n_timesteps"] = value
-        else:
-            config["options"][name] = value
-
-
-def _refuse_finished(run_dir: Path, state: dict[str, Any]) -> None:
-    if state.get("status") == "finished":
-        raise UsageError(f"run {str(run_dir)!r} already finished its budget; start a new run instead of --resume")
-
-
-def _say_if_replay_buffer_restarts(config: dict[str, Any], checkpoint: Path) -> None:
-    from rl_selfdistill.algos import registry
-    from rl_selfdistill.run.checkpoints import has_replay_buffer
-
-    if registry.get(config["algo"]).training != "off_policy" or has_replay_buffer(checkpoint):
-        return
-    print(
-        f"resume: {checkpoint.name} holds no replay buffer (saved without --save-replay-buffer), so it restarts empty: "
-        "the first updates sample only transitions collected after the resume, and the run is not an exact continuation",
-        file=sys.stderr,
-    )
 
 
 def run_training(request: TrainRequest, *, callbacks: list[Any] | None = None) -> Path:
