@@ -77,6 +77,16 @@ def test_a_and_b_share_every_hyperparameter_but_the_distillation_keys():
     assert all(sd[key] == value for key, value in base.items())
 
 
+def test_the_target_copy_interval_goes_to_hard_copy_q_learners_only():
+    # DQN's target_update_interval counts env steps between copies; SAC's counts gradient steps between Polyak
+    # updates, so passing DQN's 1,000 would time a SAC that almost never updates its target.
+    assert algo_kwargs(AlgoSpec("dqn"), TINY)["target_update_interval"] == TINY.target_update_interval
+    assert algo_kwargs(AlgoSpec("sd_qrdqn"), TINY)["target_update_interval"] == TINY.target_update_interval
+    for name in ("sac", "sd_sac", "td3"):
+        kwargs = algo_kwargs(AlgoSpec(name), TINY)
+        assert "target_update_interval" not in kwargs and kwargs["train_freq"] == TINY.train_freq
+
+
 def test_warmup_reaches_past_the_first_teacher_refresh():
     assert TINY.warmup_for(AlgoSpec("sd_ppo")) == 128 + 4 * 32
     assert TINY.warmup_for(AlgoSpec("sd_dqn")) == max(128, TINY.learning_starts) + 4 * TINY.train_freq

@@ -205,15 +205,24 @@ def algo_kwargs(spec: AlgoSpec, settings: ThroughputSettings) -> dict[str, Any]:
             "learning_starts": settings.learning_starts,
             "buffer_size": settings.buffer_size,
             "batch_size": settings.batch_size,
-            "target_update_interval": settings.target_update_interval,
         }
     # Only the settings the class takes: A2C has no epochs or minibatches (one step on the whole rollout).
     accepted = inspect.signature(registry.algo_class(spec.algo)).parameters
+    if _copies_its_target(accepted):
+        family["target_update_interval"] = settings.target_update_interval
     common.update({key: value for key, value in family.items() if key in accepted})
     if spec.is_sd:
         common.update(distill_coef=settings.distill_coef, teacher_update_interval=settings.teacher_update_interval)
         common.update(settings.sd_params)
     return common
+
+
+def _copies_its_target(parameters: Any) -> bool:
+    """DQN and QR-DQN copy their target network every `target_update_interval` env steps (tau 1). SAC's keyword of
+    the same name counts gradient steps between Polyak updates (tau 0.005): it keeps its own default of 1, or the
+    timed SAC would skip nearly all of its target updates."""
+    tau = parameters.get("tau")
+    return "target_update_interval" in parameters and tau is not None and tau.default == 1.0
 
 
 def policy_for(env: Any, algo_class: type | None = None) -> str:

@@ -36,16 +36,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", default="auto", help="torch device")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of both models and envs")
     parser.add_argument("--threads", "--num-threads", type=int, default=None, help="torch threads (default: torch's own)")
-    ppo = parser.add_argument_group("PPO")
+    ppo = parser.add_argument_group("on-policy (PPO, A2C, TRPO, MaskablePPO, RecurrentPPO)")
     ppo.add_argument("--n-steps", type=int, default=defaults.n_steps, help="rollout length per env")
     ppo.add_argument("--n-epochs", type=int, default=defaults.n_epochs, help="epochs per rollout")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="PPO minibatch / DQN batch")
-    dqn = parser.add_argument_group("DQN")
+    dqn = parser.add_argument_group("off-policy (DQN, QR-DQN, SAC, TD3)")
     dqn.add_argument("--train-freq", type=int, default=defaults.train_freq, help="env steps between updates")
     dqn.add_argument("--gradient-steps", type=int, default=defaults.gradient_steps, help="gradient steps per update")
     dqn.add_argument("--learning-starts", type=int, default=defaults.learning_starts, help="steps before learning")
     dqn.add_argument("--buffer-size", type=int, default=defaults.buffer_size, help="replay buffer size")
-    dqn.add_argument("--target-update-interval", type=int, default=defaults.target_update_interval, help="env steps")
+    dqn.add_argument(
+        "--target-update-interval",
+        type=int,
+        default=defaults.target_update_interval,
+        help="env steps between target copies (DQN, QR-DQN; SAC keeps its Polyak update every gradient step)",
+    )
     sd = parser.add_argument_group("self-distillation (applied to SD specs only)")
     sd.add_argument("--distill-coef", type=float, default=defaults.distill_coef, help="weight of the KL term")
     sd.add_argument("--teacher-update-interval", type=int, default=defaults.teacher_update_interval, help="env steps")
