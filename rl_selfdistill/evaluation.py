@@ -5,6 +5,7 @@ No command-line code here: `rl_selfdistill.cli.evaluate` and `rl_selfdistill.cli
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,8 +236,19 @@ def _play(model: Any, env: Any, writer: Any, *, max_frames: int, deterministic: 
         if frame is None:
             raise UsageError("this environment cannot render rgb_array frames, so no video can be recorded")
         writer.append_data(np.asarray(frame))
-        action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=deterministic)
+        masks = _action_masks(model, env)
+        action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=deterministic, **masks)
         obs, _reward, done, _info = env.step(action)
         episode_start = done
         if done[0]:
             break
+
+
+def _action_masks(model: Any, env: Any) -> dict[str, Any]:
+    """The env's masks of this step for a model that acts under masks (MaskablePPO's `predict` takes them):
+    without them it would play actions the env forbids, unlike in training and evaluation."""
+    if "action_masks" not in inspect.signature(model.predict).parameters:
+        return {}
+    from sb3_contrib.common.maskable.utils import get_action_masks
+
+    return {"action_masks": get_action_masks(env)}

@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -16,6 +18,7 @@ from sb3_contrib.common.envs import InvalidActionEnvMultiDiscrete
 from sb3_contrib.common.maskable.evaluation import evaluate_policy
 from sb3_contrib.common.utils import quantile_huber_loss
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv
 from torch.distributions import Categorical, kl_divergence
 
 from rl_selfdistill.algos.maskable_ppo import IndexedMaskableRolloutBuffer, SelfDistillMaskablePPO
@@ -481,3 +484,47 @@ def test_maskable_ppo_learns_the_masked_toy_task(algo_class, seed):
     model.learn(int(hyperparams["n_timesteps"]) // 2)
     mean, _ = evaluate_policy(model, masked_env(1, 500 + seed), n_eval_episodes=5, use_masking=True)
     assert mean >= 90
+
+
+class _CountsIllegalActions(gym.Wrapper):
+    """Counts the actions the env's mask forbade when they were played."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.illegal = self.steps = 0
+
+    def step(self, action):
+        self.illegal += int(not self.env.unwrapped.action_masks()[int(action)])
+        self.steps += 1
+        return self.env.step(action)
+
+
+class _WithoutMasks:
+    """The same model behind a `predict` that takes no masks, as a plain SB3 algorithm's."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=False):
+        return self.model.predict(obs, state=state, episode_start=episode_start, deterministic=deterministic)
+
+
+def test_a_recorded_episode_plays_only_legal_actions():
+    """`evaluate --video` plays a masked agent under the env's masks, as training and evaluation do; the same
+    untrained policy without them picks an illegal action about 6 times in 10."""
+    from rl_selfdistill.evaluation import _play
+
+    def play(wrap) -> tuple[_CountsIllegalActions, list[np.ndarray]]:
+        counter = _CountsIllegalActions(MaskedIdentityEnv(render_mode="rgb_array"))
+        env = DummyVecEnv([lambda: counter])
+        env.seed(0)
+        model = SelfDistillMaskablePPO("MlpPolicy", env, seed=0, device="cpu", n_steps=64, batch_size=64)
+        frames: list[np.ndarray] = []
+        _play(wrap(model), env, SimpleNamespace(append_data=frames.append), max_frames=1_000, deterministic=False)
+        return counter, frames
+
+    counter, frames = play(lambda model: model)
+    assert counter.steps == 100 and counter.illegal == 0
+    assert len(frames) == 100 and frames[0].shape == (32, 320, 3) and frames[0].dtype == np.uint8
+    unmasked, _ = play(_WithoutMasks)
+    assert unmasked.steps == 100 and unmasked.illegal > 30

@@ -21,12 +21,20 @@ from gymnasium import spaces
 MASKED_IDS: tuple[str, ...] = ("MaskedIdentity-v0",)
 
 
+CELL_PIXELS = 32
+# rgb_array frames: one cell per action, the symbol shown in white, illegal actions in red, legal ones in grey.
+SHOWN, ILLEGAL, LEGAL = (255, 255, 255), (200, 40, 40), (90, 90, 90)
+
+
 class MaskedIdentityEnv(gym.Env[int, int]):
     """Name the symbol shown; the set of illegal actions (never the right one) changes every step."""
 
-    def __init__(self, n: int = 10, n_illegal: int = 6, ep_length: int = 100) -> None:
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, n: int = 10, n_illegal: int = 6, ep_length: int = 100, render_mode: str | None = None) -> None:
         if not 0 <= n_illegal < n:
             raise ValueError(f"n_illegal must be in [0, n), got {n_illegal} with n={n}")
+        self.render_mode = render_mode
         self.observation_space = spaces.Discrete(n)
         self.action_space = spaces.Discrete(n)
         self.n, self.n_illegal, self.ep_length = n, n_illegal, ep_length
@@ -55,6 +63,15 @@ class MaskedIdentityEnv(gym.Env[int, int]):
     def action_masks(self) -> np.ndarray:
         """The legal actions of the current step (True = legal)."""
         return self.legal.copy()
+
+    def render(self) -> np.ndarray | None:
+        """A strip of `n` cells (rgb_array): what `evaluate --video` records."""
+        if self.render_mode != "rgb_array":
+            return None
+        colours = np.where(self.legal[:, None], np.array(LEGAL), np.array(ILLEGAL)).astype(np.uint8)
+        colours[self.state] = SHOWN
+        strip = np.repeat(colours[None, :, :], CELL_PIXELS, axis=0)  # (height, n, 3)
+        return np.repeat(strip, CELL_PIXELS, axis=1)  # (height, n * cell, 3)
 
 
 def gym_id(env_id: str) -> str:
