@@ -50,6 +50,15 @@ BAD_INVOCATIONS: list[tuple[list[str], str]] = [
     ([*TRAIN, "--vec-env", "gpu"], "unknown --vec-env 'gpu'"),
     ([*TRAIN, "--wandb-mode", "cloud"], "unknown --wandb-mode 'cloud'"),
     (["train", "--algo", "dqn", "--env", "Pendulum-v1", "-n", "100"], "needs a discrete action space"),
+    # what a class cannot apply, refused before any env is built (the class refuses it again when built)
+    (
+        ["train", "--algo", "sd_trpo", "--env", "CartPole-v1", "-params", "distill_coef_mode:relative"],
+        "SelfDistillTRPO: TRPO's surrogate is about 0",
+    ),
+    (
+        ["train", "--algo", "sd_ppo_lstm", "--env", "CartPoleNoVel-v1", "-params", "distill_separate_batch:true"],
+        "SelfDistillRecurrentPPO: a separate batch would need LSTM sequences",
+    ),
     (["train", "--algo", "ppo"], "--algo and --env are required"),
     ([*TRAIN, "--conf-file", "broken.yaml"], "is not valid YAML at line"),
     ([*TRAIN, "--conf-file", "absent.yaml"], "cannot read preset file"),
