@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -49,3 +50,22 @@ def test_a_plugin_algorithm_trains_benchmarks_and_reports(tmp_path: Path, isolat
     evaluated = _cli("evaluate", str(run_dir), "--episodes", "2", "--gym-packages", "tiny_algo", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert re.search(r"mean_reward=\d+\.\d+ \+/- \d+\.\d+ over 2 episodes", evaluated.stdout)
+
+
+def test_a_keyword_the_users_class_adds_is_a_preset_key(tmp_path: Path, isolated_home: Path):
+    """The recipe's KLPenaltyPPO adds `kl_beta: float = 1.0`: -params (and presets) set it, validated like the
+    rest; a bad value is one line before any env is built."""
+    argv = ["train", "--algo", "sd_klppo", "--env", "CartPole-v1", "-n", "256", "--n-envs", "2", "--eval-freq", "0"]
+    argv += ["--device", "cpu", "--gym-packages", "kl_penalty_algos", "--run-dir", "run"]
+    bad = _cli(*argv, "-params", "kl_beta:abc", cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "kl_beta" in bad.stderr and not (tmp_path / "run").exists()
+
+    trained = _cli(*argv, "-params", "kl_beta:0.25", "n_steps:64", "batch_size:64", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert yaml.safe_load((tmp_path / "run/config.yaml").read_text())["hyperparams"]["kl_beta"] == 0.25
+    # The model trained with it: the saved model holds the user's setting.
+    script = "import kl_penalty_algos as p, sys; print(p.example.SelfDistillKLPenaltyPPO.load(sys.argv[1]).kl_beta)"
+    command = [sys.executable, "-c", script, str(tmp_path / "run/model.zip")]
+    loaded = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(PLUGINS)}, capture_output=True, text=True)
+    assert loaded.stdout.strip() == "0.25", loaded.stderr[-2000:]

@@ -123,19 +123,27 @@ def sb3_parent(cls: type) -> type:
 
 
 def constructor_keys(cls: type) -> dict[str, v.Validator]:
-    """Validators of the hyperparameters of the SB3 class `cls` is or extends, from its constructor."""
-    parent = sb3_parent(cls)
+    """Validators of the hyperparameters of the SB3 class `cls` is or extends, from its constructor, and of the
+    keywords that the classes between them add (a user's `kl_beta: float = 1.0`), so that a preset can set them."""
     keys: dict[str, v.Validator] = {}
-    for name, parameter in inspect.signature(parent.__init__).parameters.items():
-        if name in NOT_HYPERPARAMETERS or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        # SB3 writes real annotations; a string one (postponed evaluation) is read only for the plain scalar types.
-        annotation = parameter.annotation
-        annotation = SCALARS.get(annotation, annotation) if isinstance(annotation, str) else annotation
-        validator = validator_for(name, annotation)
-        if validator is not None:
-            keys[name] = validator
+    for klass in _classes_up_to_sb3_parent(cls):
+        for name, parameter in inspect.signature(klass.__init__).parameters.items():
+            if name in NOT_HYPERPARAMETERS or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            # SB3 writes real annotations; a string one (postponed evaluation) is read only for the plain scalars.
+            annotation = parameter.annotation
+            annotation = SCALARS.get(annotation, annotation) if isinstance(annotation, str) else annotation
+            validator = validator_for(name, annotation)
+            if validator is not None:
+                keys.setdefault(name, validator)
     return keys
+
+
+def _classes_up_to_sb3_parent(cls: type) -> list[type]:
+    """The SB3 parent first, then each class below it that defines its own constructor (mixins included)."""
+    parent = sb3_parent(cls)
+    below = cls.__mro__[: cls.__mro__.index(parent)]
+    return [parent, *(klass for klass in reversed(below) if "__init__" in vars(klass))]
 
 
 def distill_keys(cls: type) -> dict[str, v.Validator]:
