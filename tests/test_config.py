@@ -106,8 +106,10 @@ def test_schema_follows_a_new_constructor_argument():
             super().__init__(*args, **kwargs)
 
     keys = schema_module.constructor_keys(PPOWithExtra)
-    # The schema reads the SB3 parent's constructor (PPO here): subclass keywords are the mixin's business.
-    assert "new_weight" not in keys and "n_epochs" in keys
+    # The SB3 parent's keywords (PPO here) and those the subclass adds, each validated by its annotation.
+    assert "n_epochs" in keys and keys["new_weight"]("new_weight", "0.25") == 0.25
+    with pytest.raises(UsageError, match="true or false"):
+        keys["new_flag"]("new_flag", 1)
     assert schema_module.validator_for("new_weight", float)("new_weight", "0.25") == 0.25
     assert schema_module.validator_for("flag", bool)("flag", True) is True
     with pytest.raises(UsageError, match="true or false"):
