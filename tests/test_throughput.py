@@ -1,10 +1,12 @@
 """Paired A/B throughput measurement, with real (tiny) PPO/SelfDistillPPO and DQN/SelfDistillDQN training."""
 
+import dataclasses
 import json
 import statistics
 import time
 
 import pytest
+import torch as th
 
 from rl_selfdistill.algos import registry
 from rl_selfdistill.benchmark.throughput import (
@@ -216,4 +218,27 @@ def test_distillation_options_of_the_sd_spec_through_the_cli(tmp_path, capsys):
 )
 def test_bad_distillation_options_are_refused_before_any_training(params, message, capsys):
     assert main(["throughput", "--env", "CartPole-v1", "-params", *params]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_shared_params_reach_both_models_built_like_a_presets():
+    settings = dataclasses.replace(TINY, shared_params={"policy_kwargs": {"n_quantiles": 10, "activation_fn": "tanh"}})
+    for name in ("qrdqn", "sd_qrdqn"):
+        policy_kwargs = algo_kwargs(AlgoSpec(name), settings)["policy_kwargs"]
+        assert policy_kwargs == {"n_quantiles": 10, "activation_fn": th.nn.Tanh}
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        (["n_steps:64"], "has its own option; use --n-steps"),
+        (["distill_coef:1"], "has its own option; use --distill-coef"),
+        (["teacher_mode:ema"], "is a distillation option; pass it with -params"),
+        (["normalize:true"], "is a run setting"),
+        (["nosuch:1"], "unknown key 'nosuch' in the settings of ppo@dummy"),
+        (["policy_kwargs:{activation_fn: swish}"], "swish"),
+    ],
+)
+def test_bad_shared_params_are_refused_before_any_training(params, message, capsys):
+    assert main(["throughput", "--env", "CartPole-v1", "--shared-params", *params]) == 2
     assert message in capsys.readouterr().err

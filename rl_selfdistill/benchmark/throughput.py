@@ -114,6 +114,8 @@ class ThroughputSettings:
     teacher_update_interval: int = 2_048
     # Further distillation options of the SD spec (teacher_mode, distill_coef_mode, ...), validated like -params.
     sd_params: dict[str, Any] = field(default_factory=dict)
+    # Further settings of both models (policy_kwargs, gamma, ...), checked against each class's schema.
+    shared_params: dict[str, Any] = field(default_factory=dict)
 
     def warmup_for(self, spec: AlgoSpec) -> int:
         if self.warmup_timesteps is not None:
@@ -211,6 +213,10 @@ def algo_kwargs(spec: AlgoSpec, settings: ThroughputSettings) -> dict[str, Any]:
     if _copies_its_target(accepted):
         family["target_update_interval"] = settings.target_update_interval
     common.update({key: value for key, value in family.items() if key in accepted})
+    if settings.shared_params:
+        from rl_selfdistill.config import model_kwargs
+
+        common.update(model_kwargs(settings.shared_params))  # registry names (activation_fn: tanh) made objects
     if spec.is_sd:
         common.update(distill_coef=settings.distill_coef, teacher_update_interval=settings.teacher_update_interval)
         common.update(settings.sd_params)

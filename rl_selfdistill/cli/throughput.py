@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from rl_selfdistill.algos import registry
-from rl_selfdistill.cli.common import add_command, add_hyperparams
+from rl_selfdistill.cli.common import add_command, add_hyperparams, key_values
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.paths import check_writable_folder
 
@@ -57,6 +58,13 @@ def register(subparsers: Any) -> None:
     add_hyperparams(
         sd, "further distillation options of the SD spec, e.g. teacher_mode:lagged teacher_update_unit:gradient_steps"
     )
+    parser.add_argument(
+        "--shared-params",
+        nargs="+",
+        default=[],
+        metavar="KEY:VALUE",
+        help="further settings given to both A and B, e.g. policy_kwargs:'{n_quantiles: 10}'",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the result as JSON")
     parser.set_defaults(func=run_throughput_command)
 
@@ -89,7 +97,27 @@ def throughput_settings(args: argparse.Namespace) -> Any:
         distill_coef=args.distill_coef,
         teacher_update_interval=args.teacher_update_interval,
         sd_params=_sd_params(args),
+        shared_params=_shared_params(args),
     )
+
+
+def _shared_params(args: argparse.Namespace) -> dict[str, Any]:
+    """--shared-params: settings both models get (checked for each with its class's schema before any trial); those
+    with a flag of their own, and the distillation options (`-params`), are refused here."""
+    from rl_selfdistill.benchmark.throughput import ThroughputSettings
+    from rl_selfdistill.config import META_KEYS
+    from rl_selfdistill.distill.config import DistillConfig
+
+    params = key_values(args.shared_params, "--shared-params")
+    for key in params:
+        if key in ThroughputSettings.__dataclass_fields__ or key == "n_timesteps":
+            flag = "-n" if key in ("timesteps", "n_timesteps") else "--" + key.replace("_", "-")
+            raise UsageError(f"--shared-params {key!r} has its own option; use {flag}")
+        if key in META_KEYS and key != "policy_kwargs":
+            raise UsageError(f"--shared-params {key!r} is a run setting, not one of the models'; it has no effect here")
+        if key in DistillConfig.names():
+            raise UsageError(f"--shared-params {key!r} is a distillation option; pass it with -params (SD spec only)")
+    return params
 
 
 def _sd_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,7 +142,10 @@ def check_model_settings(spec: Any, settings: Any) -> None:
     from rl_selfdistill.benchmark.throughput import algo_kwargs
     from rl_selfdistill.config import validate_hyperparams
 
-    kwargs = {key: value for key, value in algo_kwargs(spec, settings).items() if key not in ("seed", "device", "verbose")}
+    # The shared settings as given (registry names), checked before algo_kwargs builds them for the constructor.
+    unbuilt = dataclasses.replace(settings, shared_params={})
+    kwargs = {key: value for key, value in algo_kwargs(spec, unbuilt).items() if key not in ("seed", "device", "verbose")}
+    kwargs.update(settings.shared_params)
     validate_hyperparams(spec.algo, {**kwargs, "n_envs": settings.n_envs}, what=f"the settings of {spec.label}")
 
 
