@@ -231,12 +231,13 @@ def record_agent_video(
 def _play(model: Any, env: Any, writer: Any, *, max_frames: int, deterministic: bool) -> None:
     obs = env.reset()
     state, episode_start = None, np.ones((1,), dtype=bool)
+    masked = "action_masks" in inspect.signature(model.predict).parameters  # MaskablePPO's predict takes them
     for _ in range(max_frames):
         frame = env.render()
         if frame is None:
             raise UsageError("this environment cannot render rgb_array frames, so no video can be recorded")
         writer.append_data(np.asarray(frame))
-        masks = _action_masks(model, env)
+        masks = _action_masks(env) if masked else {}
         action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=deterministic, **masks)
         obs, _reward, done, _info = env.step(action)
         episode_start = done
@@ -244,11 +245,9 @@ def _play(model: Any, env: Any, writer: Any, *, max_frames: int, deterministic: 
             break
 
 
-def _action_masks(model: Any, env: Any) -> dict[str, Any]:
-    """The env's masks of this step for a model that acts under masks (MaskablePPO's `predict` takes them):
-    without them it would play actions the env forbids, unlike in training and evaluation."""
-    if "action_masks" not in inspect.signature(model.predict).parameters:
-        return {}
+def _action_masks(env: Any) -> dict[str, Any]:
+    """The env's masks of this step, for a model that acts under masks: without them it would play actions the env
+    forbids, unlike in training and evaluation."""
     from sb3_contrib.common.maskable.utils import get_action_masks
 
     return {"action_masks": get_action_masks(env)}

@@ -175,16 +175,12 @@ def check_combination(algo: str, values: Mapping[str, Any]) -> None:
     check_sb3_combination(registry.algo_class(algo), values)
 
 
-# The settings DistillConfig.features reads: what some algorithms cannot apply (TRPO, RecurrentPPO, ...).
-FEATURE_KEYS = ("teacher_update_unit", "distill_separate_batch", "distill_value_coef", "distill_coef_mode")
-
-
 def check_distill_features(cls: type, values: Mapping[str, Any]) -> None:
     """The class's own refusal (`unsupported_distill_features`, checked again when it is built), made before any
     env is built or run directory written."""
     unsupported = getattr(cls, "unsupported_distill_features", {})
     if unsupported:
-        settings = DistillConfig(**{key: values[key] for key in FEATURE_KEYS if key in values})
+        settings = DistillConfig(**{key: values[key] for key in DistillConfig.names() if key in values})
         settings.check_supported(cls.__name__, unsupported)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_selfdistill.errors import UsageError
+from rl_selfdistill.run.checkpoints import checkpoint_step
 
 
 def apply_changes(config: dict[str, Any], changes: dict[str, Any]) -> None:
@@ -35,7 +36,7 @@ def say_where_an_extension_starts(run_dir: Path, state: dict[str, Any], checkpoi
     done = int(state.get("num_timesteps_done") or 0)
     if checkpoint is None:
         raise UsageError(f"run {str(run_dir)!r} finished without checkpoints (--save-freq 0): it cannot be extended")
-    step = int(checkpoint.name.rpartition("_")[2])
+    step = checkpoint_step(checkpoint) or 0
     if step < done:
         print(
             f"resume: extending from {checkpoint.name} (the run finished at step {done}, after its last checkpoint): "

@@ -84,9 +84,10 @@ class TrainingRun:
         return folder
 
     def _has_checkpoint_at(self, step: int) -> bool:
-        from rl_selfdistill.run.checkpoints import list_checkpoints
+        from rl_selfdistill.run.checkpoints import checkpoint_step, list_checkpoints
 
-        return any(path.name.endswith(f"_{step:012d}") for path in list_checkpoints(self.run_dir)[-1:])
+        newest = list_checkpoints(self.run_dir)[-1:]
+        return bool(newest) and checkpoint_step(newest[0]) == step
 
     def __enter__(self) -> TrainingRun:
         self.stop.install()
