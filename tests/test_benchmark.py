@@ -90,6 +90,26 @@ def test_sd_params_reach_only_sd_runs_and_wandb_tags_name_the_cell(tmp_path):
     assert "-params teacher_update_interval:256" in command
 
 
+def test_save_replay_buffer_reaches_the_off_policy_runs_checkpoints(tmp_path):
+    # A grid that spans sessions resumes its off-policy runs exactly only with the buffer in each checkpoint.
+    from rl_selfdistill.run.checkpoints import REPLAY_BUFFER, list_checkpoints
+
+    out = tmp_path / "out"
+    argv = ["benchmark", "--envs", "CartPole-v1", "--algos", "sd_dqn", "--seeds", "1", "-n", "512", "--save-freq", "256"]
+    argv += ["--eval-freq", "0", "--wandb-mode", "disabled", "--device", "cpu", "--vec-env", "dummy", "-o", str(out)]
+    assert main([*argv, "--save-replay-buffer"]) == 0
+    run_dir = out / "runs/sd_dqn/CartPole-v1/seed0"
+    checkpoints = list_checkpoints(run_dir)
+    assert checkpoints and all((checkpoint / REPLAY_BUFFER).exists() for checkpoint in checkpoints)
+    assert "--save-replay-buffer" in (run_dir / "command.txt").read_text()
+    assert "--save-replay-buffer" in json.loads((out / "benchmark.json").read_text())["invocations"][0]["command"]
+
+    args = main_parser_args(TINY + ["-o", str(tmp_path / "plain")])  # without the flag: train's default, no flag written
+    grid_manifest = bench_cli.requested_manifest(args)
+    job = bench_cli.build_jobs(args, grid_manifest, bench_cli.requested_specs(args, grid_manifest))[0]
+    assert "--save-replay-buffer" not in train_command(job)
+
+
 def test_threads_per_worker_never_oversubscribes():
     assert threads_per_worker(1, cpu_count=8) == 8
     assert threads_per_worker(3, cpu_count=8) == 2

@@ -50,6 +50,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--eval-freq", type=int, default=None, help="evaluate every N env steps (default: train's)")
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (default: train's)")
     parser.add_argument("--save-freq", type=int, default=None, help="checkpoint every N env steps (default: train's)")
+    parser.add_argument(
+        "--save-replay-buffer",
+        action="store_true",
+        help="off-policy runs keep their replay buffer in every checkpoint, so an interrupted run resumes exactly "
+        "(hundreds of MB per checkpoint for a 1M-transition buffer); without it a resumed run refills an empty buffer",
+    )
     parser.add_argument("--wandb-project", "--wandb-project-name", default=None, help="W&B project (default: train's)")
     parser.add_argument("--wandb-entity", default=None, help="W&B entity")
     parser.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default=None, help="W&B mode")
@@ -102,6 +108,7 @@ def canonical_command(args: argparse.Namespace) -> str:
         "--eval-freq": args.eval_freq,
         "--eval-episodes": args.eval_episodes,
         "--save-freq": args.save_freq,
+        "--save-replay-buffer": args.save_replay_buffer,
         "--wandb-project": args.wandb_project,
         "--wandb-entity": args.wandb_entity,
         "--wandb-mode": args.wandb_mode,
@@ -181,6 +188,7 @@ def build_jobs(args: argparse.Namespace, manifest: Manifest, specs: list[RunSpec
         "eval_freq": args.eval_freq,
         "eval_episodes": args.eval_episodes,
         "save_freq": args.save_freq,
+        "save_replay_buffer": args.save_replay_buffer or None,  # None: train's default, and no flag in command.txt
         "wandb_project": args.wandb_project,
         "wandb_entity": args.wandb_entity,
         "wandb_mode": args.wandb_mode,
