@@ -86,7 +86,7 @@ def test_runs_are_paired_by_seed_and_unpaired_seeds_are_left_out():
     assert result.p_value == 1.0 and result.exact  # |+-2 +-1| / 2 >= 0.5 for every pattern
 
 
-def write_run(out, algo, env_id, seed, final_return, n_timesteps=1000):
+def write_run(out, algo, env_id, seed, final_return, n_timesteps=1000, wall_clock_s=1.0, cpu_time_s=None):
     run_dir = out / "runs" / algo / env_id / f"seed{seed}"
     run_dir.mkdir(parents=True)
     steps = np.linspace(100, n_timesteps, 10).astype(int)
@@ -94,7 +94,9 @@ def write_run(out, algo, env_id, seed, final_return, n_timesteps=1000):
     frame = {"timesteps": steps, "mean_reward": rewards, "std_reward": 0.0, "mean_ep_length": 10.0, "n_episodes": 5}
     pd.DataFrame(frame).to_csv(run_dir / "eval.csv", index=False)
     info = {"status": "finished", "algo": algo, "env_id": env_id, "seed": seed, "n_timesteps": n_timesteps}
-    info |= {"num_timesteps_done": n_timesteps, "wall_clock_s": 1.0}
+    info |= {"num_timesteps_done": n_timesteps, "wall_clock_s": wall_clock_s}
+    if cpu_time_s is not None:
+        info["cpu_time_s"] = cpu_time_s
     (run_dir / "run.json").write_text(json.dumps(info))
 
 
@@ -115,3 +117,22 @@ def test_report_shows_the_paired_statistic_beside_rliable(tmp_path):
     assert "probability_of_improvement" in summary and summary["paired"]["definition"] == paired.DEFINITION
     markdown = files.markdown.read_text()
     assert "## Paired by seed" in markdown and "| EnvA-v0 | sd_ppo | ppo | 6 |" in markdown and "0.031" in markdown
+
+
+def test_report_gives_the_cost_of_each_seed_pair(tmp_path):
+    out = tmp_path / "bench"
+    for seed, (wall, cpu) in enumerate([(10.0, 8.0), (20.0, 9.0), (30.0, 10.0)]):
+        write_run(out, "ppo", "EnvA-v0", seed, 100.0, wall_clock_s=wall, cpu_time_s=cpu)
+        write_run(out, "sd_ppo", "EnvA-v0", seed, 110.0, wall_clock_s=wall * (1.5 + seed), cpu_time_s=cpu * 1.2)
+    write_run(out, "ppo", "EnvB-v0", 0, 100.0, wall_clock_s=10.0)  # an older run.json without CPU time
+    write_run(out, "sd_ppo", "EnvB-v0", 0, 100.0, wall_clock_s=12.0, cpu_time_s=5.0)
+    refs = {"EnvA-v0": Reference(0.0, 200.0), "EnvB-v0": Reference(0.0, 200.0)}
+    summary = json.loads(write_report(out, references=refs, reps=100).summary.read_text())
+    by_env = {row["env_id"]: row for row in summary["cost"]["per_env"]}
+    assert by_env["EnvA-v0"]["wall_clock_ratios"] == pytest.approx([1.5, 2.5, 3.5])
+    assert by_env["EnvA-v0"]["wall_clock"] == pytest.approx({"median": 2.5, "min": 1.5, "max": 3.5})
+    assert by_env["EnvA-v0"]["cpu_time"] == pytest.approx({"median": 1.2, "min": 1.2, "max": 1.2})
+    assert by_env["EnvB-v0"]["cpu_time"] is None and by_env["EnvB-v0"]["wall_clock"]["median"] == pytest.approx(1.2)
+    markdown = (out / "report.md").read_text()
+    assert "| EnvA-v0 | sd_ppo | ppo | 3 | 2.50x [1.50, 3.50] | 1.20x [1.20, 1.20] |" in markdown
+    assert "| EnvB-v0 | sd_ppo | ppo | 1 | 1.20x [1.20, 1.20] | not recorded |" in markdown

@@ -372,9 +372,12 @@ def test_a_finished_run_is_extended_only_with_a_larger_budget_and_continues_exac
     (line,) = capsys.readouterr().err.splitlines()
     assert "already finished its budget (1024 steps); pass -n above 1024 to extend it" in line, line
 
+    first_leg = json.loads((extended / "run.json").read_text())
     assert main(["train", "--resume", str(extended), "-n", "2048"]) == 0, capsys.readouterr().err
     state = json.loads((extended / "run.json").read_text())
     assert state["status"] == "finished" and state["num_timesteps_done"] == 2048
+    # Costs add up over the legs: the second leg trained as many steps again, so both clocks grew
+    assert 0 < first_leg["cpu_time_s"] < state["cpu_time_s"] and first_leg["wall_clock_s"] < state["wall_clock_s"]
     assert [entry["step"] for entry in state["resumes"]] == [1024]
     # Extending 1024 -> 2048 trains exactly what a run of 2048 steps interrupted at its checkpoint 1024 trains
     # from there, except the schedules: both were told 2048 only at the resume, so compare with such a copy.

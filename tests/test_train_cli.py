@@ -91,6 +91,7 @@ def test_train_writes_a_complete_run_directory(cartpole_run):
     state = json.loads((run_dir / "run.json").read_text())
     assert state["status"] == "finished" and state["num_timesteps_done"] == 4096 and state["n_timesteps"] == 4096
     assert state["versions"]["stable-baselines3"] and state["wall_clock_s"] > 0 and state["finished_at"]
+    assert 0 < state["cpu_time_s"] < 2 * state["wall_clock_s"] * (os.cpu_count() or 1)  # this process's threads
 
     header, *rows = (run_dir / "eval.csv").read_text().splitlines()
     assert header == "timesteps,mean_reward,std_reward,mean_ep_length,n_episodes"

@@ -50,6 +50,7 @@ class RunResult:
     n_timesteps: int | None = None
     timesteps_done: int | None = None
     wall_clock_s: float | None = None
+    cpu_time_s: float | None = None  # recorded by runs since 2026-12-07; None in older run.json files
     score: float | None = None
     problem: str | None = None
     evals: pd.DataFrame | None = field(default=None, repr=False)
@@ -113,6 +114,7 @@ def load_run(out: Path, spec: RunSpec) -> RunResult:
     result.n_timesteps = int(info.get("n_timesteps") or spec.n_timesteps)
     result.timesteps_done = info.get("num_timesteps_done")
     result.wall_clock_s = info.get("wall_clock_s")
+    result.cpu_time_s = info.get("cpu_time_s")
     result.evals = read_evals(run_dir)
     result.score, result.problem = _score_or_problem(result)
     return result

@@ -57,6 +57,7 @@ class Analysis:
     left_out: list[tuple[str, str]]
     # Each SD algo against its base, per env, seeds as pairs (benchmark/paired.py).
     paired_stats: list[paired.PairedResult] = field(default_factory=list)
+    paired_costs: list[paired.PairedCost] = field(default_factory=list)
 
     @property
     def scores(self) -> dict[str, np.ndarray]:
@@ -119,8 +120,10 @@ def analyse(
     improvement = aggregate.probability_of_improvement(scores, pairs, reps=reps)
     env_rows = aggregate.per_env_table(results, references)
     benchmarks = list(zip(folders, manifests))
-    paired_stats = paired.paired_statistics(results, aggregate.improvement_pairs(sorted({r.algo for r in results})))
-    return Analysis(results, references, groups, estimates, improvement, env_rows, benchmarks, left_out, paired_stats)
+    pairs = aggregate.improvement_pairs(sorted({r.algo for r in results}))
+    paired_stats = paired.paired_statistics(results, pairs)
+    costs = paired.paired_costs(results, pairs)
+    return Analysis(results, references, groups, estimates, improvement, env_rows, benchmarks, left_out, paired_stats, costs)
 
 
 def as_folders(outs: Path | Sequence[Path]) -> list[Path]:
@@ -263,6 +266,7 @@ def build_summary(analysis: Analysis, figures: dict[str, Path], report_dir: Path
         "aggregate": analysis.estimates,
         "probability_of_improvement": analysis.improvement,
         "paired": {"definition": paired.DEFINITION, "per_env": [result.as_dict() for result in analysis.paired_stats]},
+        "cost": {"definition": paired.COST_DEFINITION, "per_env": [cost.as_dict() for cost in analysis.paired_costs]},
         "per_env": analysis.env_rows,
         "references": {env: vars(ref) for env, ref in sorted(analysis.references.items())},
         "runs": [_run_entry(result, report_dir) for result in analysis.results],
@@ -300,6 +304,7 @@ def _run_entry(result: RunResult, report_dir: Path) -> dict[str, Any]:
         "n_timesteps": result.n_timesteps,
         "timesteps_done": result.timesteps_done,
         "wall_clock_s": result.wall_clock_s,
+        "cpu_time_s": result.cpu_time_s,
         "score": result.score,
         "problem": result.problem,
     }

@@ -15,6 +15,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         _md_aggregate(summary),
         _md_improvement(summary),
         _md_paired(summary),
+        _md_cost(summary),
         _md_per_env(summary),
         _md_figures(summary),
         _md_runs(summary),
@@ -102,6 +103,29 @@ def _md_paired(summary: dict[str, Any]) -> str:
     return "\n".join([*lines, "", summary["paired"]["definition"]])
 
 
+def _md_cost(summary: dict[str, Any]) -> str:
+    rows = summary.get("cost", {}).get("per_env", [])
+    if not rows:
+        return ""
+    lines = [
+        "## Cost, paired by seed (SD / base)",
+        "",
+        "| env | X | Y | pairs | wall-clock X / Y: median [range] | CPU time X / Y: median [range] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [row["env_id"], row["algo"], row["base"], str(len(row["seeds"]))]
+        cells += [_ratio(row["wall_clock"]), _ratio(row["cpu_time"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", summary["cost"]["definition"]])
+
+
+def _ratio(summary: dict[str, float] | None) -> str:
+    if summary is None:
+        return "not recorded"
+    return f"{summary['median']:.2f}x [{summary['min']:.2f}, {summary['max']:.2f}]"
+
+
 def _md_per_env(summary: dict[str, Any]) -> str:
     lines = [
         "## Per environment (raw returns)",
@@ -136,14 +160,15 @@ def _md_runs(summary: dict[str, Any]) -> str:
     lines = [
         "## Runs",
         "",
-        "| algo | env | seed | status | steps done / budget | wall-clock (s) | score | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| algo | env | seed | status | steps done / budget | wall-clock (s) | CPU time (s) | score | note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in summary["runs"]:
         steps = f"{_fmt(run['timesteps_done'], 'd')} / {_fmt(run['n_timesteps'], 'd')}"
         lines.append(
             f"| {run['algo']} | {run['env_id']} | {run['seed']} | {run['status']} | {steps} | "
-            f"{_fmt(run['wall_clock_s'], '.0f')} | {_fmt(run['score'], '.1f')} | {run['problem'] or ''} |"
+            f"{_fmt(run['wall_clock_s'], '.0f')} | {_fmt(run.get('cpu_time_s'), '.0f')} | {_fmt(run['score'], '.1f')} | "
+            f"{run['problem'] or ''} |"
         )
     total = sum(run["wall_clock_s"] or 0.0 for run in summary["runs"])
     lines += ["", f"Total training wall-clock over all runs: {total:.0f} s ({total / 3600:.2f} h)."]

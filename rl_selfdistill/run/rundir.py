@@ -214,6 +214,7 @@ def initial_run_state(config: dict[str, Any]) -> dict[str, Any]:
         "n_timesteps": config["hyperparams"]["n_timesteps"],
         "num_timesteps_done": 0,
         "wall_clock_s": 0.0,
+        "cpu_time_s": 0.0,
         "started_at": utc_now(),
         "finished_at": None,
         "git_commit": config.get("git_commit"),

@@ -54,6 +54,10 @@ class TrainingRun:
     guard: Any = None  # the DivergenceGuard of train(), None when the run turned it off
     _clock_start: float = field(default_factory=time.monotonic)
     _clock_base: float = 0.0
+    # CPU time of this process (all its threads; envs in subprocesses are not counted): steadier than wall-clock on a
+    # shared machine, so costs compare across runs that ran beside different loads.
+    _cpu_start: float = field(default_factory=time.process_time)
+    _cpu_base: float = 0.0
 
     @property
     def options(self) -> dict[str, Any]:
@@ -63,6 +67,7 @@ class TrainingRun:
         self.state.update(changes)
         self.state["num_timesteps_done"] = int(self.model.num_timesteps)
         self.state["wall_clock_s"] = round(self._clock_base + time.monotonic() - self._clock_start, 3)
+        self.state["cpu_time_s"] = round(self._cpu_base + time.process_time() - self._cpu_start, 3)
         rundir.write_run_state(self.run_dir, self.state)
 
     def checkpoint(self) -> None:
@@ -386,6 +391,7 @@ def _restore(
         eval_history=history,
     )
     run._clock_base = float(state.get("wall_clock_s") or 0.0)
+    run._cpu_base = float(state.get("cpu_time_s") or 0.0)
     rundir.append_command(run_dir, (command or rundir.invoked_command()) + f"  # resumed at step {steps}")
     return run
 
