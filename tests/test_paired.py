@@ -126,13 +126,20 @@ def test_report_gives_the_cost_of_each_seed_pair(tmp_path):
         write_run(out, "sd_ppo", "EnvA-v0", seed, 110.0, wall_clock_s=wall * (1.5 + seed), cpu_time_s=cpu * 1.2)
     write_run(out, "ppo", "EnvB-v0", 0, 100.0, wall_clock_s=10.0)  # an older run.json without CPU time
     write_run(out, "sd_ppo", "EnvB-v0", 0, 100.0, wall_clock_s=12.0, cpu_time_s=5.0)
-    refs = {"EnvA-v0": Reference(0.0, 200.0), "EnvB-v0": Reference(0.0, 200.0)}
+    write_run(out, "ppo", "EnvC-v0", 0, 100.0, wall_clock_s=10.0)  # CPU time in one of two pairs only
+    write_run(out, "sd_ppo", "EnvC-v0", 0, 100.0, wall_clock_s=10.0)
+    write_run(out, "ppo", "EnvC-v0", 1, 100.0, wall_clock_s=10.0, cpu_time_s=4.0)
+    write_run(out, "sd_ppo", "EnvC-v0", 1, 100.0, wall_clock_s=20.0, cpu_time_s=5.0)
+    refs = {env: Reference(0.0, 200.0) for env in ("EnvA-v0", "EnvB-v0", "EnvC-v0")}
     summary = json.loads(write_report(out, references=refs, reps=100).summary.read_text())
     by_env = {row["env_id"]: row for row in summary["cost"]["per_env"]}
     assert by_env["EnvA-v0"]["wall_clock_ratios"] == pytest.approx([1.5, 2.5, 3.5])
     assert by_env["EnvA-v0"]["wall_clock"] == pytest.approx({"median": 2.5, "min": 1.5, "max": 3.5})
     assert by_env["EnvA-v0"]["cpu_time"] == pytest.approx({"median": 1.2, "min": 1.2, "max": 1.2})
     assert by_env["EnvB-v0"]["cpu_time"] is None and by_env["EnvB-v0"]["wall_clock"]["median"] == pytest.approx(1.2)
+    assert (by_env["EnvC-v0"]["seeds"], by_env["EnvC-v0"]["cpu_time_seeds"]) == ([0, 1], [1])
+    assert by_env["EnvC-v0"]["cpu_time_ratios"] == pytest.approx([1.25])
     markdown = (out / "report.md").read_text()
     assert "| EnvA-v0 | sd_ppo | ppo | 3 | 2.50x [1.50, 3.50] | 1.20x [1.20, 1.20] |" in markdown
     assert "| EnvB-v0 | sd_ppo | ppo | 1 | 1.20x [1.20, 1.20] | not recorded |" in markdown
+    assert "| EnvC-v0 | sd_ppo | ppo | 2 | 1.50x [1.00, 2.00] | 1.25x [1.25, 1.25] (1 pair) |" in markdown

@@ -132,10 +132,10 @@ def paired_statistics(
 
 
 COST_DEFINITION = (
-    "Cost paired by seed: per env, the ratio SD / base of each seed pair's training wall-clock and, where both runs "
-    "recorded it, of the training process's CPU time (envs in subprocesses not counted), over the scored pairs; shown: "
-    "the median ratio and the range. Wall-clock swings with other load on a shared machine; CPU time is the steadier "
-    "figure."
+    "Cost paired by seed: per env, the ratio SD / base of each seed pair's training wall-clock and of the training "
+    "process's CPU time (envs in subprocesses not counted), over the scored pairs (for CPU time, those whose two runs "
+    "recorded it); shown: the median ratio and the range. Wall-clock swings with other load on a shared machine; CPU "
+    "time is the steadier figure."
 )
 
 
@@ -146,7 +146,8 @@ class PairedCost:
     base: str
     seeds: list[int]
     wall_clock_ratios: list[float]
-    cpu_time_ratios: list[float]  # empty when a run of some pair did not record its CPU time
+    cpu_time_seeds: list[int]  # the pairs whose two runs both recorded their CPU time (older run.json files lack it)
+    cpu_time_ratios: list[float]
 
     def as_dict(self) -> dict[str, Any]:
         summaries = {"wall_clock": _ratio_summary(self.wall_clock_ratios), "cpu_time": _ratio_summary(self.cpu_time_ratios)}
@@ -159,11 +160,10 @@ def _ratio_summary(ratios: list[float]) -> dict[str, float] | None:
     return {"median": float(np.median(ratios)), "min": float(min(ratios)), "max": float(max(ratios))}
 
 
-def _ratios(mine: dict[int, Any], theirs: dict[int, Any], seeds: list[int], key: str) -> list[float]:
-    values = [(getattr(mine[s], key), getattr(theirs[s], key)) for s in seeds]
-    if any(not a or not b for a, b in values):
-        return []
-    return [float(a) / float(b) for a, b in values]
+def _ratios(mine: dict[int, Any], theirs: dict[int, Any], key: str) -> tuple[list[int], list[float]]:
+    """(seeds, ratios) over the seed pairs where both runs recorded `key`."""
+    seeds = [s for s in sorted(set(mine) & set(theirs)) if getattr(mine[s], key) and getattr(theirs[s], key)]
+    return seeds, [float(getattr(mine[s], key)) / float(getattr(theirs[s], key)) for s in seeds]
 
 
 def paired_costs(results: list[Any], pairs: list[tuple[str, str]]) -> list[PairedCost]:
@@ -174,8 +174,7 @@ def paired_costs(results: list[Any], pairs: list[tuple[str, str]]) -> list[Paire
         for env_id in sorted({r.env_id for r in scored if r.algo == algo}):
             mine = {r.seed: r for r in scored if r.algo == algo and r.env_id == env_id}
             theirs = {r.seed: r for r in scored if r.algo == base and r.env_id == env_id}
-            seeds = sorted(set(mine) & set(theirs))
-            wall = _ratios(mine, theirs, seeds, "wall_clock_s")
-            if wall:
-                out.append(PairedCost(env_id, algo, base, seeds, wall, _ratios(mine, theirs, seeds, "cpu_time_s")))
+            seeds, wall = _ratios(mine, theirs, "wall_clock_s")
+            if seeds:
+                out.append(PairedCost(env_id, algo, base, seeds, wall, *_ratios(mine, theirs, "cpu_time_s")))
     return out

@@ -115,7 +115,11 @@ def _md_cost(summary: dict[str, Any]) -> str:
     ]
     for row in rows:
         cells = [row["env_id"], row["algo"], row["base"], str(len(row["seeds"]))]
-        cells += [_ratio(row["wall_clock"]), _ratio(row["cpu_time"])]
+        cpu = _ratio(row["cpu_time"])
+        if row["cpu_time"] is not None and len(row["cpu_time_seeds"]) < len(row["seeds"]):
+            n_pairs = len(row["cpu_time_seeds"])
+            cpu += f" ({n_pairs} pair{'s' if n_pairs != 1 else ''})"
+        cells += [_ratio(row["wall_clock"]), cpu]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join([*lines, "", summary["cost"]["definition"]])
 
