@@ -195,6 +195,30 @@ def test_rerun_after_a_kill_finishes_only_the_missing_runs(tmp_path):
     assert len({json.loads((out / "benchmark.json").read_text())["benchmark_id"]}) == 1
 
 
+@pytest.mark.slow  # a real grid in its own process group, stopped with Ctrl-C's signal
+def test_ctrl_c_stops_the_grid_after_checkpointing_and_starts_no_other_cell(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: the running cell checkpoints and stops,
+    and no further cell starts (the pool used to have the next one queued already)."""
+    from rl_selfdistill.run.checkpoints import list_checkpoints
+
+    out = tmp_path / "out"
+    argv = ["benchmark", "--envs", "CartPole-v1", "--algos", "ppo", "--seeds", "3", "-n", "200000", "--save-freq", "256"]
+    argv += ["--eval-freq", "0", "--wandb-mode", "disabled", "--device", "cpu", "--vec-env", "dummy", "-o", str(out)]
+    first = out / "runs/ppo/CartPole-v1/seed0"
+    code = "import sys; from rl_selfdistill.cli import main; sys.exit(main(sys.argv[1:]))"
+    process = subprocess.Popen([sys.executable, "-c", code, *argv], start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: len(list_checkpoints(first)) >= 2, timeout=240)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=120) == 130
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert run_state(first) is RunState.INTERRUPTED
+    assert json.loads((first / "run.json").read_text())["num_timesteps_done"] < 200_000
+    assert sorted(path.name for path in (out / "runs/ppo/CartPole-v1").iterdir()) == ["seed0"]  # nothing else started
+
+
 def test_job_is_picklable_for_pool_and_ray(tmp_path):
     import pickle
 

@@ -7,13 +7,14 @@ Scheduling is left to `concurrent.futures` and Ray respectively.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
 import time
 import traceback
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,11 +168,19 @@ def run_local(jobs: list[RunJob], workers: int) -> Iterator[RunOutcome]:
         return
     # spawn, not fork: forking a process that already initialised torch threads can deadlock.
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, max_tasks_per_child=1)
+    slots = min(workers, len(jobs))
+    pool = ProcessPoolExecutor(max_workers=slots, mp_context=context, max_tasks_per_child=1)
+    # At most one job per worker is ever submitted: the executor forwards a queued job to a worker process as soon
+    # as it can, so with the whole grid submitted a Ctrl-C (which reaches the workers too: they checkpoint and stop)
+    # still started the next cell before shutdown could cancel it.
+    pending = iter(jobs)
+    running = {pool.submit(execute_run, job) for job in itertools.islice(pending, slots)}
     try:
-        futures = [pool.submit(execute_run, job) for job in jobs]
-        for future in as_completed(futures):
-            yield future.result()
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+                running |= {pool.submit(execute_run, job) for job in itertools.islice(pending, 1)}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
