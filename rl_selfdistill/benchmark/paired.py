@@ -18,6 +18,7 @@ Per env, with d_i = score(SD, seed i) - score(base, seed i) over the seeds both 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -119,16 +120,29 @@ def paired_statistics(
     results: list[Any], pairs: list[tuple[str, str]], reps: int = BOOTSTRAP_REPS, seed: int = 0
 ) -> list[PairedResult]:
     """One PairedResult per (SD algo, base) pair and env, from scored runs (objects with algo/env_id/seed/score)."""
-    scored = [r for r in results if r.score is not None]
     out = []
+    for env_id, algo, base, mine, theirs in scored_runs_by_seed(results, pairs):
+        result = paired_result(env_id, algo, base, _scores(mine), _scores(theirs), reps, seed)
+        if result is not None:
+            out.append(result)
+    return out
+
+
+def scored_runs_by_seed(
+    results: list[Any], pairs: list[tuple[str, str]]
+) -> Iterator[tuple[str, str, str, dict[int, Any], dict[int, Any]]]:
+    """(env, SD algo, base, the SD algo's scored runs by seed, the base's) for each pair and each env the SD algo
+    has scored runs on: what both the paired statistic and the paired cost compare."""
+    scored = [r for r in results if r.score is not None]
     for algo, base in pairs:
         for env_id in sorted({r.env_id for r in scored if r.algo == algo}):
-            mine = {r.seed: float(r.score) for r in scored if r.algo == algo and r.env_id == env_id}
-            theirs = {r.seed: float(r.score) for r in scored if r.algo == base and r.env_id == env_id}
-            result = paired_result(env_id, algo, base, mine, theirs, reps, seed)
-            if result is not None:
-                out.append(result)
-    return out
+            mine = {r.seed: r for r in scored if r.algo == algo and r.env_id == env_id}
+            theirs = {r.seed: r for r in scored if r.algo == base and r.env_id == env_id}
+            yield env_id, algo, base, mine, theirs
+
+
+def _scores(runs: dict[int, Any]) -> dict[int, float]:
+    return {seed: float(run.score) for seed, run in runs.items()}
 
 
 COST_DEFINITION = (
@@ -168,13 +182,9 @@ def _ratios(mine: dict[int, Any], theirs: dict[int, Any], key: str) -> tuple[lis
 
 def paired_costs(results: list[Any], pairs: list[tuple[str, str]]) -> list[PairedCost]:
     """Per (SD algo, base) pair and env, the cost ratios of the seed pairs where both runs were scored."""
-    scored = [r for r in results if r.score is not None]
     out = []
-    for algo, base in pairs:
-        for env_id in sorted({r.env_id for r in scored if r.algo == algo}):
-            mine = {r.seed: r for r in scored if r.algo == algo and r.env_id == env_id}
-            theirs = {r.seed: r for r in scored if r.algo == base and r.env_id == env_id}
-            seeds, wall = _ratios(mine, theirs, "wall_clock_s")
-            if seeds:
-                out.append(PairedCost(env_id, algo, base, seeds, wall, *_ratios(mine, theirs, "cpu_time_s")))
+    for env_id, algo, base, mine, theirs in scored_runs_by_seed(results, pairs):
+        seeds, wall = _ratios(mine, theirs, "wall_clock_s")
+        if seeds:
+            out.append(PairedCost(env_id, algo, base, seeds, wall, *_ratios(mine, theirs, "cpu_time_s")))
     return out

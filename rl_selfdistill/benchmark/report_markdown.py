@@ -89,39 +89,41 @@ def _md_paired(summary: dict[str, Any]) -> str:
     rows = summary.get("paired", {}).get("per_env", [])
     if not rows:
         return ""
-    lines = [
-        "## Paired by seed (SD - base, raw returns)",
-        "",
-        "| env | X | Y | pairs | median X - Y [95% CI] | mean X - Y | sign-flip p |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    columns = ["env", "X", "Y", "pairs", "median X - Y [95% CI]", "mean X - Y", "sign-flip p"]
+    table = []
     for row in rows:
         interval = f"{row['median']:.2f} [{row['low']:.2f}, {row['high']:.2f}]"
         p_value = f"{row['p_value']:.3f}" + ("" if row["exact"] else " (MC)")
-        cells = [row["env_id"], row["algo"], row["base"], str(row["n_pairs"]), interval, f"{row['mean']:.2f}", p_value]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join([*lines, "", summary["paired"]["definition"]])
+        table.append([row["env_id"], row["algo"], row["base"], str(row["n_pairs"]), interval, f"{row['mean']:.2f}", p_value])
+    return _pairs_section("Paired by seed (SD - base, raw returns)", columns, table, summary["paired"]["definition"])
 
 
 def _md_cost(summary: dict[str, Any]) -> str:
     rows = summary.get("cost", {}).get("per_env", [])
     if not rows:
         return ""
-    lines = [
-        "## Cost, paired by seed (SD / base)",
-        "",
-        "| env | X | Y | pairs | wall-clock X / Y: median [range] | CPU time X / Y: median [range] |",
-        "|---|---|---|---|---|---|",
+    columns = ["env", "X", "Y", "pairs", "wall-clock X / Y: median [range]", "CPU time X / Y: median [range]"]
+    table = [
+        [row["env_id"], row["algo"], row["base"], str(len(row["seeds"])), _ratio(row["wall_clock"]), _cpu_ratio(row)]
+        for row in rows
     ]
-    for row in rows:
-        cells = [row["env_id"], row["algo"], row["base"], str(len(row["seeds"]))]
-        cpu = _ratio(row["cpu_time"])
-        if row["cpu_time"] is not None and len(row["cpu_time_seeds"]) < len(row["seeds"]):
-            n_pairs = len(row["cpu_time_seeds"])
-            cpu += f" ({n_pairs} pair{'s' if n_pairs != 1 else ''})"
-        cells += [_ratio(row["wall_clock"]), cpu]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join([*lines, "", summary["cost"]["definition"]])
+    return _pairs_section("Cost, paired by seed (SD / base)", columns, table, summary["cost"]["definition"])
+
+
+def _pairs_section(title: str, columns: list[str], table: list[list[str]], definition: str) -> str:
+    """A section of per-env rows comparing each SD algo with its base, followed by the definition of its numbers."""
+    lines = [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table]
+    return "\n".join([*lines, "", definition])
+
+
+def _cpu_ratio(row: dict[str, Any]) -> str:
+    """The CPU-time ratio, with the number of pairs behind it when only some of the row's pairs recorded CPU time."""
+    text = _ratio(row["cpu_time"])
+    n_pairs = len(row["cpu_time_seeds"])
+    if row["cpu_time"] is not None and n_pairs < len(row["seeds"]):
+        text += f" ({n_pairs} pair{'s' if n_pairs != 1 else ''})"
+    return text
 
 
 def _ratio(summary: dict[str, float] | None) -> str:
