@@ -72,6 +72,19 @@ def test_named_variants_train_the_same_class_with_their_own_teacher():
     assert snapshot["teacher_mode"] == "snapshot" and snapshot["teacher_update_interval"] == 1024
 
 
+def test_one_frozen_section_shared_by_two_envs_keeps_each_envs_base():
+    # agents/sd_ppo.yaml gives continual Acrobot and LunarLander study 2's setting through one YAML alias: both get
+    # it, each keeps its own PPO preset, and a caller editing one resolved dict cannot leak into the other.
+    acrobot = cfg.resolve_hyperparams("sd_ppo", "Continual-Acrobot-v0")
+    acrobot["distill_coef"] = 123.0
+    lunar = cfg.resolve_hyperparams("sd_ppo", "Continual-LunarLander-v0")
+    study2 = {"teacher_mode": "ema", "teacher_update_interval": 3, "teacher_tau": 0.177, "distill_coef": 0.08867}
+    assert {key: lunar[key] for key in study2} == study2 and lunar["kl_direction"] == "reverse"
+    assert cfg.resolve_hyperparams("sd_ppo", "Continual-Acrobot-v0")["distill_coef"] == 0.08867
+    assert (acrobot["n_steps"], lunar["n_steps"]) == (256, 1024)
+    assert cfg.resolve_hyperparams("sd_ppo", "Continual-MountainCar-v0")["teacher_mode"] == "snapshot"  # not studied
+
+
 def test_cartpole_teacher_refreshes_within_a_4096_step_run():
     for algo in ("sd_ppo", "sd_dqn", "sd_a2c"):
         assert cfg.resolve_hyperparams(algo, "CartPole-v1")["teacher_update_interval"] <= 4096 // 2
