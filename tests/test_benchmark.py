@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from rl_selfdistill.benchmark.grid import EnvBudget, Manifest, RunSpec, RunState, merge_manifest, run_state
 from rl_selfdistill.benchmark.runners import RunJob, threads_per_worker, train_command
@@ -258,3 +260,28 @@ def test_a_run_killed_before_its_config_is_set_aside_not_deleted(tmp_path):
     assert not run_dir.exists() and (moved / "command.txt").read_text() == "partial\n"
     assert moved.name.startswith("seed0.incomplete-")
     assert discover_specs(tmp_path) == []  # the report does not mistake it for a run
+
+
+def test_a_resumed_cell_takes_the_grids_thread_share_not_the_one_it_started_with(tmp_path):
+    """A cell started alone with two threads, resumed with `--cpus-per-run 1` beside other jobs, must use one:
+    with its old two threads beside another job it ran 10-60x slower (oversubscription)."""
+    from tests.helpers import interrupted_copy
+
+    out = tmp_path / "out"
+    argv = ["benchmark", "--envs", "CartPole-v1", "--algos", "ppo", "--seeds", "1", "-n", "512", "--save-freq", "256"]
+    argv += ["--eval-freq", "0", "--wandb-mode", "disabled", "--device", "cpu", "--vec-env", "dummy", "-o", str(out)]
+    cell = out / "runs/ppo/CartPole-v1/seed0"
+    assert main([*argv, "--cpus-per-run", "2"]) == 0
+    interrupted_copy(cell.rename(tmp_path / "finished"), cell, step=256)
+    assert yaml.safe_load((cell / "config.yaml").read_text())["options"]["num_threads"] == 2
+
+    assert main([*argv, "--cpus-per-run", "1"]) == 0
+    assert run_state(cell) is RunState.FINISHED
+    assert yaml.safe_load((cell / "config.yaml").read_text())["options"]["num_threads"] == 1
+    resumes = json.loads((cell / "run.json").read_text())["resumes"]
+    assert [resume["changes"] for resume in resumes] == [{"num_threads": 1}]
+
+    shutil.rmtree(cell)  # the same crash, resumed with the threads it started with: nothing to record
+    interrupted_copy(tmp_path / "finished", cell, step=256)
+    assert main([*argv, "--cpus-per-run", "2"]) == 0
+    assert [resume["changes"] for resume in json.loads((cell / "run.json").read_text())["resumes"]] == [{}]

@@ -338,15 +338,17 @@ def test_resume_applies_and_records_a_larger_budget_and_new_cadences(tmp_path: P
     run_dir = run_training(_request("sd_ppo", tmp_path / "run", n_timesteps=1024, save_freq=256))
     copy_dir = interrupted_copy(run_dir, tmp_path / "resumed", CHECKPOINT_STEP)
     changes = ["-n", "2048", "--save-freq", "512", "--eval-freq", "1024", "--device", "cpu", "--wandb-mode", "disabled"]
+    changes += ["--num-threads", "1"]
     assert main(["train", "--resume", str(copy_dir), *changes]) == 0, capsys.readouterr().err
 
     state = json.loads((copy_dir / "run.json").read_text())
     assert state["status"] == "finished" and state["n_timesteps"] == 2048 and state["num_timesteps_done"] == 2048
     recorded = {"n_timesteps": 2048, "save_freq": 512, "eval_freq": 1024, "device": "cpu", "wandb_mode": "disabled"}
+    recorded["num_threads"] = 1
     assert [(entry["step"], entry["changes"]) for entry in state["resumes"]] == [(CHECKPOINT_STEP, recorded)]
     config = read_config(copy_dir)
     assert config["hyperparams"]["n_timesteps"] == 2048
-    assert {key: config["options"][key] for key in ("save_freq", "eval_freq", "device", "wandb_mode")} == {
+    assert {key: config["options"][key] for key in ("save_freq", "eval_freq", "device", "wandb_mode", "num_threads")} == {
         key: value for key, value in recorded.items() if key != "n_timesteps"
     }
     last_command = (copy_dir / "command.txt").read_text().splitlines()[-1]

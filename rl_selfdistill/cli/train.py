@@ -217,7 +217,7 @@ def given_options(argv: list[str]) -> dict[str, str]:
 
 
 def resume_changes(args: argparse.Namespace) -> dict[str, Any]:
-    """What `--resume` is asked to change: the run's budget, checkpoint and evaluation cadence, device, W&B mode.
+    """What `--resume` is asked to change: the budget, checkpoint and evaluation cadence, device, W&B mode, threads.
 
     Any other option would make another run (or is a display setting recorded with the run): refused, named.
     """

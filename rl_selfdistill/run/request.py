@@ -25,6 +25,8 @@ RESUMABLE = {
     "eval_freq": "--eval-freq",
     "device": "--device",
     "wandb_mode": "--wandb-mode",
+    # A property of the machine the run resumes on, not of the run: a cell resumed beside other jobs needs its share.
+    "num_threads": "--num-threads",
 }
 _NOT_OPTIONS = ("algo", "env_id", "n_timesteps", "seed", "n_envs", "hyperparams", "env_kwargs", "run_dir", "command")
 
@@ -130,7 +132,7 @@ def check_resume_changes(changes: dict[str, Any]) -> None:
         raise UsageError(
             f"a resumed run keeps its {', '.join(fixed)} from its config.yaml; only {', '.join(RESUMABLE)} can change"
         )
-    for name, minimum in (("n_timesteps", 1), ("save_freq", 0), ("eval_freq", 0)):
+    for name, minimum in (("n_timesteps", 1), ("save_freq", 0), ("eval_freq", 0), ("num_threads", 1)):
         if name in changes:
             _check_integer(RESUMABLE[name], changes[name], minimum)
     if "wandb_mode" in changes:

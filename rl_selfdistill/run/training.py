@@ -305,7 +305,7 @@ def prepare_resume(
     The run directory is locked first: nothing in it is read or rewound while another process runs it.
     `changes` (TrainRequest field -> value, only `request.RESUMABLE` fields) are applied, then recorded in
     config.yaml and in run.json's `resumes`: a new budget (`n_timesteps`, above the steps done; schedules
-    then run to the new budget), `save_freq`, `eval_freq`, `device`, `wandb_mode`. `command` goes to
+    then run to the new budget), `save_freq`, `eval_freq`, `device`, `wandb_mode`, `num_threads`. `command` goes to
     command.txt (default: this process's command line).
 
     Damaged checkpoints are skipped (one warning line each) and moved to checkpoints/damaged-<time>/. When every
