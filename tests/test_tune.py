@@ -115,6 +115,42 @@ def test_killed_study_resumes_to_the_intended_number_of_finished_trials(tmp_path
     assert main([*args, "--summary"]) == 0 and (study_dir / "summary.md").exists()
 
 
+def test_ctrl_c_mid_run_is_continued_from_its_checkpoint_by_the_retried_trial(tmp_path, isolated_home, capsys):
+    """Ctrl-C (SIGINT to the process group) in a trial's second run: that run writes a checkpoint and stops. The same
+    command retries the trial, takes the first run over and resumes the second from its step, reporting every
+    evaluation of both runs to the pruner."""
+    study_dir = tmp_path / "study"
+    args = tune_args(study_dir, "--seeds", "2", "--n-trials", "1", "--pruner", "none")
+    args[args.index("-n") + 1], args[args.index("--eval-freq") + 1] = "8192", "1024"
+    first, second = (f"runs/sd_ppo/CartPole-v1/seed{TUNING_SEED_START + k}" for k in (0, 1))
+    trial_0, trial_1 = study_dir / "trials" / "trial_0000", study_dir / "trials" / "trial_0001"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [*cli_command(), *args], env=environment, text=True, stderr=subprocess.PIPE, start_new_session=True
+    )
+    evaluations = trial_0 / second / "eval.csv"  # one evaluation row: the second run is training, 7 more to go
+    deadline = time.monotonic() + 240
+    while not (evaluations.exists() and len(evaluations.read_text().splitlines()) >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    process.communicate(timeout=120)
+    stopped_at = json.loads((trial_0 / second / "run.json").read_text())["num_timesteps_done"]
+    assert 1024 <= stopped_at < 8192
+
+    assert main(args) == 0
+    assert "trial 0: its worker died" in capsys.readouterr().out
+    trials = load(study_dir).trials
+    assert [trial.state for trial in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    runs = json.loads((trial_1 / "trial.json").read_text())["runs"]
+    assert [(run["reused_from_trial"], run["status"]) for run in runs[:1]] == [(0, "finished")]
+    assert [(run["resumed_from_trial"], run["status"]) for run in runs[1:]] == [(0, "finished")]
+    assert not (trial_0 / first).exists() and not (trial_0 / second).exists()
+    resumed = json.loads((trial_1 / second / "run.json").read_text())
+    assert resumed["status"] == "finished" and [entry["step"] for entry in resumed["resumes"]] == [stopped_at]
+    assert len(trials[1].intermediate_values) == 2 * 8  # both runs' evaluations, before and after the stop
+
+
 def test_two_workers_share_one_study(tmp_path, isolated_home, capsys):
     study_dir = tmp_path / "shared"
     candidates = tmp_path / "candidates.yaml"  # the old defaults, evaluated first

@@ -14,7 +14,8 @@ N workers never overshoot.
 Resume: every trial records its worker's host, pid and process start time. A RUNNING trial whose
 worker process is gone (same host) is marked FAIL when any worker next starts, its trial.json says
 so, and its parameters are enqueued again, so the study evaluates them in a fresh trial, which takes
-over the killed trial's finished runs (`trial.reuse_finished_run`). Rerunning the same command
+over the killed trial's finished runs and resumes its run that was cut off after a checkpoint
+(`trial.take_over_killed_run`). Rerunning the same command
 therefore continues a killed study to N finished trials.
 """
 

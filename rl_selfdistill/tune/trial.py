@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rl_selfdistill.benchmark.grid import RunState
 from rl_selfdistill.envs.suites import SuiteEnv, normalize_score
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.run import rundir
@@ -225,20 +226,27 @@ def mark_pruned(run_dir: Path, reason: str, steps: int | None) -> None:
         rundir.write_run_state(run_dir, {**state, **changes})
 
 
-def reuse_finished_run(study_dir: Path, retry_of: int | None, algo: str, env_id: str, seed: int, run_dir: Path) -> bool:
-    """Move a finished run of the killed trial that this one retries here, instead of training it again.
+def take_over_killed_run(
+    study_dir: Path, retry_of: int | None, algo: str, env_id: str, seed: int, run_dir: Path
+) -> RunState | None:
+    """Move the killed trial's run of this env and seed here when it need not be trained again; its state, or None.
 
-    Same parameters, same seed, same code: training it again would reproduce it. Its evaluations are then
-    reported from its eval.csv like those of a run trained now.
+    Same parameters, same seed, same code: a finished run (FINISHED) is what training it again would give, and a
+    run cut off after a checkpoint (INTERRUPTED: Ctrl-C always writes one, `--save-freq N` for a kill) resumes
+    to the same result as if it had not been stopped. A run with no checkpoint stays where it was left (None).
     """
+    from rl_selfdistill.benchmark.grid import run_state
+    from rl_selfdistill.run.checkpoints import list_checkpoints
+
     if retry_of is None or run_dir.exists():
-        return False
+        return None
     source = run_dir_of(study_dir, retry_of, algo, env_id, seed)
-    if not rundir.is_finished(source):
-        return False
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(source, run_dir)
-    return True
+    state = run_state(source)
+    if state is RunState.FINISHED or (state is RunState.INTERRUPTED and list_checkpoints(source)):
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(source, run_dir)
+        return state
+    return None
 
 
 def run_trial(
@@ -251,7 +259,7 @@ def run_trial(
     """
     import optuna
 
-    from rl_selfdistill.run import run_training
+    from rl_selfdistill.run import resume_training, run_training
 
     reporter = Reporter(trial)
     tags = [plan.study_name, f"trial{trial.number}"]
@@ -264,11 +272,17 @@ def run_trial(
             command = train_command(plan, env, seed, hyperparams, run_dir)
             request = train_request(plan, env, seed, hyperparams, run_dir=run_dir, command=command, extra_tags=tags)
             callback = pruning_callback(reporter, run_dir, plan.eval_freq, env.normalise)
-            if reuse_finished_run(study_dir, retry_of, plan.algo, env.env_id, seed, run_dir):
+            taken = take_over_killed_run(study_dir, retry_of, plan.algo, env.env_id, seed, run_dir)
+            if taken is RunState.FINISHED:
                 record["reused_from_trial"] = retry_of
             else:
                 try:
-                    run_training(request, callbacks=[callback])
+                    if taken is RunState.INTERRUPTED:
+                        record["resumed_from_trial"] = retry_of
+                        # The callback first reports the evaluations made before the stop, then the new ones.
+                        resume_training(run_dir, callbacks=[callback], extra_tags=[f"trial{trial.number}"])
+                    else:
+                        run_training(request, callbacks=[callback])
                 except optuna.TrialPruned as pruned:
                     mark_pruned(run_dir, str(pruned), callback.stopped_at)
                     record["status"] = PRUNED
