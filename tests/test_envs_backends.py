@@ -234,6 +234,32 @@ def test_torch_threads_leave_cores_to_env_workers(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_a_busy_machine_is_named_when_the_planned_threads_do_not_fit():
+    from rl_selfdistill.envs.device import busy_machine_note
+
+    # Another job keeps one of two cores busy: two threads oversubscribe, one fits.
+    note = busy_machine_note(2, cores=2, load=1.1)
+    assert note is not None and "load average 1.1" in note and "--cpus-per-run" in note
+    assert busy_machine_note(1, cores=2, load=1.1) is None
+    assert busy_machine_note(2, cores=2, load=0.3) is None  # an idle machine: all cores are this command's
+    assert busy_machine_note(4, cores=16, load=6.0) is None
+
+
+def test_benchmark_names_a_busy_machine_before_its_runs(tmp_path, capfd, monkeypatch):
+    """The kernel's load average is replaced here (the one fake in this test): a real one cannot be set to a known
+    value in a test. Everything else is a real benchmark, which plans all cores for its one run."""
+    import os
+
+    from rl_selfdistill.cli import main
+    from rl_selfdistill.envs.device import available_cores
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.5, 1.5))
+    argv = ["benchmark", "--envs", "CartPole-v1", "--algos", "ppo", "--seeds", "1", "-n", "256", "--eval-freq", "0"]
+    argv += ["--save-freq", "0", "--wandb-mode", "disabled", "--device", "cpu", "--vec-env", "dummy"]
+    assert main([*argv, "--cpus-per-run", str(available_cores()), "-o", str(tmp_path / "all")]) == 0
+    assert "this machine is already busy (load average 1.5" in capfd.readouterr().err
+
+
 # Each CLI call starts a fresh interpreter (torch, SB3, W&B imports): one runs in the fast suite; the function-level
 # tests above cover the same messages.
 @pytest.mark.parametrize(

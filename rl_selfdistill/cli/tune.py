@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,16 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run_tune_command)
 
 
+def _say_if_busy(workers: int) -> None:
+    """Each worker's runs use the threads set in the environment, else the cores shared out (`studies.work`)."""
+    from rl_selfdistill.envs.device import available_cores, busy_machine_note, explicit_torch_threads
+
+    per_worker = explicit_torch_threads() or max(1, available_cores() // workers)
+    note = busy_machine_note(per_worker * workers)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+
+
 def run_tune_command(args: argparse.Namespace) -> int:
     from rl_selfdistill.run.request import import_gym_packages
     from rl_selfdistill.tune.space import load_space
@@ -94,6 +105,7 @@ def run_tune_command(args: argparse.Namespace) -> int:
     if args.summary:
         print(f"wrote {write_summary(study, settings)}")
         return 0
+    _say_if_busy(settings.workers)
     status = studies.run_workers(settings)
     path = write_summary(studies.open_study(settings), settings)
     print(f"study {settings.plan.study_name}: see {path}")

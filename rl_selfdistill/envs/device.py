@@ -42,14 +42,41 @@ def recommended_torch_threads(n_envs: int, backend: str, cores: int | None = Non
     return max(1, cores - min(n_envs, cores - 1))
 
 
+def explicit_torch_threads() -> int | None:
+    """The thread count the user set in the environment (RL_SELFDISTILL_TORCH_THREADS, else OMP_NUM_THREADS)."""
+    explicit = os.environ.get("RL_SELFDISTILL_TORCH_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    return int(explicit) if explicit and explicit.isdigit() and int(explicit) > 0 else None
+
+
 def configure_torch_threads(n_envs: int, backend: str) -> int:
     """Set torch.set_num_threads for this env layout and return the number used.
 
     An explicit OMP_NUM_THREADS or RL_SELFDISTILL_TORCH_THREADS in the environment wins (user's choice).
     """
-    explicit = os.environ.get("RL_SELFDISTILL_TORCH_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    threads = int(explicit) if explicit and explicit.isdigit() and int(explicit) > 0 else None
+    threads = explicit_torch_threads()
     if threads is None:
         threads = recommended_torch_threads(n_envs, backend)
     torch.set_num_threads(threads)
     return threads
+
+
+def busy_machine_note(planned_threads: int, cores: int | None = None, load: float | None = None) -> str | None:
+    """A line for the user when other processes already keep cores busy and the planned torch threads would not fit.
+
+    `load`: the 1-minute load average (default: the machine's), read before this command's runs start, so it counts
+    other jobs. Not acted on (the load may be a job that just ended): oversubscribed OpenMP threads wait on each
+    other for whole time slices, measured 10-60x slower on 2 cores, and only the user knows what else will run.
+    """
+    cores = cores or available_cores()
+    if load is None:
+        if not hasattr(os, "getloadavg"):
+            return None
+        load = os.getloadavg()[0]
+    busy = round(load)
+    if busy < 1 or busy + planned_threads <= cores:
+        return None
+    return (
+        f"note: this machine is already busy (load average {load:.1f} over the last minute, {cores} cores) and these "
+        f"runs plan {planned_threads} torch threads; oversubscribed, training can run 10x slower or worse. Beside other "
+        "jobs, give this one its share: --cpus-per-run N (benchmark), RL_SELFDISTILL_TORCH_THREADS=N (tune, train)"
+    )
