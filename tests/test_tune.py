@@ -272,6 +272,42 @@ def test_benchmark_refuses_reporting_seeds_in_the_tuning_range(tmp_path, capsys)
     check_reporting_seeds(range(0, 5))
 
 
+def test_summary_scores_a_reference_benchmark_like_a_trial(tmp_path, isolated_home, capsys):
+    """PPO on the tuning seed, made by `benchmark`, read back by the summary with the trial's own scoring."""
+    from rl_selfdistill.benchmark.aggregate import final_window_score, read_evals
+
+    study_dir, bench, short = tmp_path / "study", tmp_path / "ppo-ref", tmp_path / "ppo-short"
+    bench_args = ["benchmark", "--envs", "CartPole-v1", "--algos", "ppo", "--seeds", "1", "--first-seed"]
+    bench_args += [str(TUNING_SEED_START), "--allow-tuning-seeds", "--eval-freq", "128", "--eval-episodes", "2"]
+    bench_args += ["--save-freq", "0", "--wandb-mode", "disabled", "--device", "cpu", "--vec-env", "dummy"]
+    assert main([*bench_args, "-n", "512", "-o", str(bench)]) == 0
+    assert main([*bench_args, "-n", "256", "-o", str(short)]) == 0  # another budget: not comparable
+    args = tune_args(study_dir, "--n-trials", "1", "--pruner", "none")
+    assert main([*args, "--reference", str(bench), str(short)]) == 0
+
+    run = bench / "runs/ppo/CartPole-v1" / f"seed{TUNING_SEED_START}"
+    expected = final_window_score(read_evals(run), 512, 0.1)
+    references = json.loads((study_dir / "summary.json").read_text())["references"]
+    assert [(entry["algo"], entry["runs"]) for entry in references] == [("ppo", 1), ("ppo", 0)]
+    assert references[0]["objective"] == pytest.approx(expected) and references[0]["missing"] == []
+    # The 256-step run does not count against a 512-step study: listed as missing, no objective.
+    assert references[1]["objective"] is None and references[1]["missing"] == [f"CartPole-v1 seed{TUNING_SEED_START}"]
+    markdown = (study_dir / "summary.md").read_text()
+    assert "## References" in markdown and f"| ppo | {bench} | {expected:.4g} | 1 / 1 |" in markdown
+    assert f"| ppo | {short} | incomplete | 0 / 1 |" in markdown
+    assert "--reference" in json.loads((study_dir / "study.json").read_text())["command"]
+
+    journal = (study_dir / "study.journal").read_bytes()
+    (study_dir / "summary.md").unlink()
+    assert main([*args, "--summary", "--reference", str(bench)]) == 0
+    assert f"| ppo | {bench} | {expected:.4g} | 1 / 1 |" in (study_dir / "summary.md").read_text()
+    assert (study_dir / "study.journal").read_bytes() == journal  # a summary reads the study, it never writes to it
+
+    capsys.readouterr()
+    assert main([*args, "--summary", "--reference", str(tmp_path / "nothing")]) == 2
+    assert "holds no runs/ folder" in one_error_line(capsys)
+
+
 def test_print_space_round_trips(tmp_path, capsys):
     assert main(["tune", "--algo", "sd_dqn", "--tune-base", "--print-space"]) == 0
     printed = capsys.readouterr().out

@@ -104,8 +104,11 @@ def incompatibility(algo: str, env_id: str) -> str | None:
     return None
 
 
+RUNS_DIR = "runs"  # OUT/runs/<algo>/<env_id>/seed<N>: a benchmark's runs (a tune trial's folder has the same layout)
+
+
 def run_dir_for(out: Path, algo: str, env_id: str, seed: int) -> Path:
-    return Path(out) / "runs" / algo / env_id / f"seed{seed}"
+    return Path(out) / RUNS_DIR / algo / env_id / f"seed{seed}"
 
 
 def run_state(run_dir: Path) -> RunState:

@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   rl-selfdistill tune --algo sd_ppo --suite classic -n 200000 --workers 2 -o studies/classic   # normalised objective
   rl-selfdistill tune --algo sd_ppo --print-space > space.yaml          # edit, then pass --space space.yaml
   rl-selfdistill tune ... -o studies/cartpole --summary                 # rewrite summary.md only
+  rl-selfdistill tune ... -o studies/cartpole --summary --reference bench/ppo-tuning-seeds   # PPO's objective beside
 """
 DEFAULT_EVALUATIONS = 20  # as the RL Zoo's --n-evaluations
 
@@ -63,6 +64,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--wandb-mode", default="auto", help="auto, online, offline or disabled")
     parser.add_argument("--study-name", help="Optuna study name and W&B group (default: the STUDY_DIR folder name)")
     parser.add_argument("--summary", action="store_true", help="only rewrite the study's summary from its storage")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="BENCH_DIR",
+        help="benchmark folders with other algorithms' runs on these envs and tuning seeds (e.g. the base algorithm's): "
+        "the summary scores them like a trial, beside the best trials",
+    )
     add_gym_packages(parser)
     parser.add_argument("-o", "--output", type=Path, metavar="STUDY_DIR", help="study folder (required unless --print-space)")
     parser.set_defaults(func=run_tune_command)
@@ -162,7 +172,17 @@ def tune_settings(args: argparse.Namespace, space: Any) -> Any:
         enqueue=tuple(read_candidates(args.enqueue, space)) if args.enqueue else (),
         workers=args.workers,
         command=canonical_command(args),
+        references=tuple(_reference_folders(args.reference)),
     )
+
+
+def _reference_folders(folders: list[Path]) -> list[Path]:
+    from rl_selfdistill.benchmark.grid import RUNS_DIR
+
+    for folder in folders:
+        if not (folder / RUNS_DIR).is_dir():
+            raise UsageError(f"--reference {str(folder)!r} holds no {RUNS_DIR}/ folder; pass a benchmark's output folder")
+    return folders
 
 
 def _train_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -253,6 +273,7 @@ def canonical_command(args: argparse.Namespace) -> str:
         "--wandb-entity": args.wandb_entity,
         "--wandb-mode": args.wandb_mode,
         "--study-name": args.study_name,
+        "--reference": args.reference or None,
         "--gym-packages": args.gym_packages,
         "-o": args.output,
     }

@@ -63,6 +63,8 @@ class TuneSettings:
     workers: int = 1
     command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Benchmark folders whose runs on the study's envs and tuning seeds the summary scores like a trial (--reference).
+    references: tuple[Path, ...] = ()
 
     def identity(self) -> dict[str, Any]:
         """What makes two invocations the same study (n_trials, workers and devices may differ)."""
@@ -125,7 +127,10 @@ def open_study(settings: TuneSettings, *, worker: int = 0) -> Any:
     settings.study_dir.mkdir(parents=True, exist_ok=True)
     store = storage(settings.study_dir)
     name = settings.plan.study_name
-    study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True)
+    if name in optuna.get_all_study_names(store):  # reads only: create_study would append a record on every resume
+        study = optuna.load_study(study_name=name, storage=store)
+    else:
+        study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True)
     recorded = study.user_attrs.get(SETTINGS_ATTR)
     identity = json.loads(json.dumps(settings.identity()))
     if recorded is None:

@@ -3,7 +3,9 @@
 - the best trials as a table with their parameters;
 - objective vs trial number (complete trials, pruned trials at their last reported value, best so far);
 - Optuna's parameter importances (`optuna.importance.get_param_importances`), from 2 complete trials on;
-- the exact `rl-selfdistill train` commands that reproduce the best trial, one per env and seed.
+- the exact `rl-selfdistill train` commands that reproduce the best trial, one per env and seed;
+- with `--reference BENCH_DIR ...`, the other algorithms' runs in those benchmark folders scored like a trial
+  (e.g. the base algorithm on the same tuning seeds), so a trial's objective can be read against them.
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ def importances(study: Any) -> tuple[dict[str, float] | None, str | None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "few trials per regime": the summary states how many trials there are
-            return dict(optuna.importance.get_param_importances(study)), None
+            values = optuna.importance.get_param_importances(study)
+        # Ties in Optuna's order follow set iteration (string hashing differs per process): sort them by name too,
+        # so the same study always gives the same summary.
+        return dict(sorted(values.items(), key=lambda item: (-item[1], item[0]))), None
     except (ValueError, RuntimeError, ZeroDivisionError) as error:
         return None, f"Optuna could not compute them: {error}"
 
@@ -70,6 +75,41 @@ def best_commands(study: Any, settings: Any) -> list[str]:
         for env in settings.plan.envs
         for seed in settings.plan.seeds
     ]
+
+
+def reference_objectives(settings: Any) -> list[dict[str, Any]]:
+    """Each algorithm in the --reference folders scored like a trial: the mean over the study's envs and seeds of its
+    finished runs' (normalised) scores. Incomplete when a run is missing, unfinished or has another budget."""
+    from rl_selfdistill.benchmark.grid import RUNS_DIR
+
+    entries = []
+    for folder in settings.references:
+        algos = sorted(path.name for path in (Path(folder) / RUNS_DIR).iterdir() if path.is_dir())
+        found = [entry for algo in algos if (entry := _reference_entry(settings.plan, Path(folder), algo))["present"]]
+        entries += found or [{"folder": str(folder), "algo": None, "objective": None, "runs": 0, "missing": []}]
+    return entries
+
+
+def _reference_entry(plan: Any, folder: Path, algo: str) -> dict[str, Any]:
+    from rl_selfdistill.benchmark.grid import run_dir_for
+    from rl_selfdistill.tune.trial import run_score
+
+    values, missing, present = [], [], 0
+    for env in plan.envs:
+        for seed in plan.seeds:
+            run_dir = run_dir_for(folder, algo, env.env_id, seed)
+            present += run_dir.is_dir()
+            info = rundir.read_run_info(run_dir) or {}
+            score = None
+            if info.get("status") == "finished" and info.get("n_timesteps") == env.n_timesteps:
+                score = run_score(run_dir, env.env_id, env.n_timesteps)
+            if score is None:
+                missing.append(f"{env.env_id} seed{seed}")
+            else:
+                values.append(env.normalise(score))
+    objective = sum(values) / len(values) if values and not missing else None
+    entry = {"folder": str(folder), "algo": algo, "objective": objective, "runs": len(values), "missing": missing}
+    return {**entry, "present": present}
 
 
 def summary_data(study: Any, settings: Any) -> dict[str, Any]:
@@ -91,6 +131,8 @@ def summary_data(study: Any, settings: Any) -> dict[str, Any]:
         "best_commands": best_commands(study, settings) if ranked else [],
         "importances": values,
         "importances_note": reason,
+        "references": reference_objectives(settings),
+        "expected_runs": len(settings.plan.envs) * len(settings.plan.seeds),
         "trials": rows,
     }
 
@@ -129,6 +171,7 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["", "Reproduce the best trial (each run of it):", "", "```", *data["best_commands"], "```", ""]
     else:
         lines += ["No complete trial yet.", ""]
+    lines += _reference_lines(data)
     lines += ["## Objective vs trial", "", f"![objective vs trial]({OBJECTIVE_PNG})", "", "## Parameter importances", ""]
     if data["importances"]:
         lines += ["| parameter | importance (Optuna's get_param_importances) |", "|---|---|"]
@@ -138,15 +181,35 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reference_lines(data: dict[str, Any]) -> list[str]:
+    if not data["references"]:
+        return []
+    lines = ["## References (--reference: scored like a trial, same envs, seeds and budgets)", ""]
+    lines += ["| algo | folder | objective | runs |", "|---|---|---|---|"]
+    for entry in data["references"]:
+        if entry["algo"] is None:
+            lines.append(f"| - | {entry['folder']} | no runs on these envs and seeds | 0 |")
+            continue
+        objective = f"{entry['objective']:.4g}" if entry["objective"] is not None else "incomplete"
+        runs = f"{entry['runs']} / {data['expected_runs']}"
+        lines.append(f"| {entry['algo']} | {entry['folder']} | {objective} | {runs} |")
+    missing = [f"{entry['algo']}: {', '.join(entry['missing'])}" for entry in data["references"] if entry["missing"]]
+    if missing:
+        lines += ["", "Not finished at this budget (no objective until they are): " + "; ".join(missing) + "."]
+    return [*lines, ""]
+
+
 def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def plot_objective(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_objective(rows: list[dict[str, Any]], path: Path, references: list[dict[str, Any]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from rl_selfdistill.algos import registry
 
     complete = [(row["number"], row["value"]) for row in rows if row["state"] == "COMPLETE"]
     pruned = [(row["number"], row["last_intermediate"]) for row in rows if row["state"] == "PRUNED" and row["n_intermediate"]]
@@ -160,9 +223,13 @@ def plot_objective(rows: list[dict[str, Any]], path: Path) -> None:
         axes.step(*zip(*best), where="post", label="best so far", color="#ff7f0e")
     if pruned:
         axes.scatter(*zip(*pruned), marker="x", label="pruned (last reported value)", color="#7f7f7f")
+    scored = [entry for entry in references or [] if entry["objective"] is not None]
+    for entry in scored:  # each in its report colour (ppo's blue in the benchmark figures), grey for an unknown one
+        color = registry.colour(entry["algo"]) or "#7f7f7f"
+        axes.axhline(entry["objective"], linestyle="--", linewidth=1, color=color, label=f"{entry['algo']} (reference)")
     axes.set_xlabel("trial")
     axes.set_ylabel("objective")
-    if complete or pruned:
+    if complete or pruned or scored:
         axes.legend(fontsize="small")
     temp = path.with_name(f".{path.stem}.{os.getpid()}.png")
     figure.savefig(temp, dpi=100)
@@ -175,6 +242,6 @@ def write_summary(study: Any, settings: Any) -> Path:
     data = summary_data(study, settings)
     folder = Path(settings.study_dir)
     rundir.atomic_write_text(folder / SUMMARY_JSON, json.dumps(data, indent=2, default=str) + "\n")
-    plot_objective(data["trials"], folder / OBJECTIVE_PNG)
+    plot_objective(data["trials"], folder / OBJECTIVE_PNG, data["references"])
     rundir.atomic_write_text(folder / SUMMARY_MD, markdown(data))
     return folder / SUMMARY_MD
