@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +235,9 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     _print_plan(manifest, todo, done, out)
     jobs = build_jobs(args, manifest, todo)
     if jobs and args.backend == "local":  # Ray places its tasks by --cpus-per-run itself
-        _say_if_busy(jobs[0].torch_threads * min(args.workers, len(jobs)))
+        from rl_selfdistill.envs.device import say_if_busy
+
+        say_if_busy(jobs[0].torch_threads * min(args.workers, len(jobs)))
     if args.backend == "ray":
         outcomes = runners.run_ray(jobs, args.address, args.workers, args.cpus_per_run or 1.0, args.gpus_per_run)
     else:
@@ -247,14 +248,6 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     grid.save_manifest(out, manifest)
     print(f"benchmark {manifest.benchmark_id}: {len(jobs) - failures}/{len(jobs)} runs ok; next: rl-selfdistill report {out}")
     return 1 if failures else 0
-
-
-def _say_if_busy(planned_threads: int) -> None:
-    from rl_selfdistill.envs.device import busy_machine_note
-
-    note = busy_machine_note(planned_threads)
-    if note:
-        print(note, file=sys.stderr, flush=True)
 
 
 def check_cells(jobs: list[Any]) -> None:

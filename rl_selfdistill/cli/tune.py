@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +79,9 @@ def register(subparsers: Any) -> None:
 
 def _say_if_busy(workers: int) -> None:
     """Each worker's runs use the threads set in the environment, else the cores shared out (`studies.work`)."""
-    from rl_selfdistill.envs.device import available_cores, busy_machine_note, explicit_torch_threads
+    from rl_selfdistill.envs.device import available_cores, explicit_torch_threads, say_if_busy
 
-    per_worker = explicit_torch_threads() or max(1, available_cores() // workers)
-    note = busy_machine_note(per_worker * workers)
-    if note:
-        print(note, file=sys.stderr, flush=True)
+    say_if_busy((explicit_torch_threads() or max(1, available_cores() // workers)) * workers)
 
 
 def run_tune_command(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ thread vs 2 gave median 32 vs 19 steps/s with EnvPool (2 threads: 0.59x) and 55 
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -80,3 +81,10 @@ def busy_machine_note(planned_threads: int, cores: int | None = None, load: floa
         f"runs plan {planned_threads} torch threads; oversubscribed, training can run 10x slower or worse. Beside other "
         "jobs, give this one its share: --cpus-per-run N (benchmark), RL_SELFDISTILL_TORCH_THREADS=N (tune, train)"
     )
+
+
+def say_if_busy(planned_threads: int) -> None:
+    """Print `busy_machine_note` to stderr when there is one (benchmark and tune, before their runs start)."""
+    note = busy_machine_note(planned_threads)
+    if note:
+        print(note, file=sys.stderr, flush=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rl_selfdistill.benchmark.grid import RunState
+from rl_selfdistill.benchmark.grid import RunState, run_state
 from rl_selfdistill.envs.suites import SuiteEnv, normalize_score
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.run import rundir
@@ -235,7 +235,6 @@ def take_over_killed_run(
     run cut off after a checkpoint (INTERRUPTED: Ctrl-C always writes one, `--save-freq N` for a kill) resumes
     to the same result as if it had not been stopped. A run with no checkpoint stays where it was left (None).
     """
-    from rl_selfdistill.benchmark.grid import run_state
     from rl_selfdistill.run.checkpoints import list_checkpoints
 
     if retry_of is None or run_dir.exists():
