@@ -296,6 +296,12 @@ def test_summary_scores_a_reference_benchmark_like_a_trial(tmp_path, isolated_ho
     assert "## References" in markdown and f"| ppo | {bench} | {expected:.4g} | 1 / 1 |" in markdown
     assert f"| ppo | {short} | incomplete | 0 / 1 |" in markdown
     assert "--reference" in json.loads((study_dir / "study.json").read_text())["command"]
+    # Each run's score, linked to its folder relative to summary.md: the trial's own run and the reference's.
+    trial_run = f"trials/trial_0000/runs/sd_ppo/CartPole-v1/seed{TUNING_SEED_START}"
+    trial_score = final_window_score(read_evals(study_dir / trial_run), 512, 0.1)
+    assert f"| trial 0 | {trial_score:.4g} | [{trial_score:.4g}]({trial_run}) |" in markdown
+    assert f"| ppo | {expected:.4g} | [{expected:.4g}](../ppo-ref/runs/ppo/CartPole-v1/seed{TUNING_SEED_START}) |" in markdown
+    assert "| ppo | incomplete |  |" in markdown  # the other-budget run has no score to show
 
     journal = (study_dir / "study.journal").read_bytes()
     (study_dir / "summary.md").unlink()

@@ -4,6 +4,8 @@
 - objective vs trial number (complete trials, pruned trials at their last reported value, best so far);
 - Optuna's parameter importances (`optuna.importance.get_param_importances`), from 2 complete trials on;
 - the exact `rl-selfdistill train` commands that reproduce the best trial, one per env and seed;
+- each run's score for the best trials (and the references), linked to its run folder, so a reader sees which env
+  and seed moved an objective and can open the run behind each number;
 - with `--reference BENCH_DIR ...`, the other algorithms' runs in those benchmark folders scored like a trial
   (e.g. the base algorithm on the same tuning seeds), so a trial's objective can be read against them.
 """
@@ -94,7 +96,7 @@ def _reference_entry(plan: Any, folder: Path, algo: str) -> dict[str, Any]:
     from rl_selfdistill.benchmark.grid import run_dir_for
     from rl_selfdistill.tune.trial import run_score
 
-    values, missing, present = [], [], 0
+    values, missing, present, scores = [], [], 0, {}
     for env in plan.envs:
         for seed in plan.seeds:
             run_dir = run_dir_for(folder, algo, env.env_id, seed)
@@ -107,9 +109,27 @@ def _reference_entry(plan: Any, folder: Path, algo: str) -> dict[str, Any]:
                 missing.append(f"{env.env_id} seed{seed}")
             else:
                 values.append(env.normalise(score))
+                scores[run_key(env.env_id, seed)] = {"score": score, "run_dir": str(run_dir)}
     objective = sum(values) / len(values) if values and not missing else None
     entry = {"folder": str(folder), "algo": algo, "objective": objective, "runs": len(values), "missing": missing}
-    return {**entry, "present": present}
+    return {**entry, "present": present, "scores": scores}
+
+
+def run_key(env_id: str, seed: int) -> str:
+    return f"{env_id} seed{seed}"
+
+
+def trial_run_scores(study_dir: Path, number: int) -> dict[str, dict[str, Any]]:
+    """The finished runs of one trial (its trial.json records): score and run folder, keyed by env and seed."""
+    from rl_selfdistill.tune.trial import TRIAL_FILE, trial_dir
+
+    path = trial_dir(study_dir, number) / TRIAL_FILE
+    records = json.loads(path.read_text()).get("runs", []) if path.exists() else []
+    return {
+        run_key(record["env_id"], record["seed"]): {"score": record["score"], "run_dir": str(Path(study_dir) / record["run_dir"])}
+        for record in records
+        if record.get("status") == "finished" and record.get("score") is not None
+    }
 
 
 def summary_data(study: Any, settings: Any) -> dict[str, Any]:
@@ -119,6 +139,8 @@ def summary_data(study: Any, settings: Any) -> dict[str, Any]:
     counts = {state.name: sum(row["state"] == state.name for row in rows) for state in TrialState}
     ranked = sorted((row for row in rows if row["state"] == "COMPLETE"), key=lambda row: row["value"], reverse=True)
     values, reason = importances(study)
+    for row in ranked[:TOP_TRIALS]:
+        row["runs"] = trial_run_scores(Path(settings.study_dir), row["number"])
     return {
         "study": settings.plan.study_name,
         "command": settings.command,
@@ -133,6 +155,8 @@ def summary_data(study: Any, settings: Any) -> dict[str, Any]:
         "importances_note": reason,
         "references": reference_objectives(settings),
         "expected_runs": len(settings.plan.envs) * len(settings.plan.seeds),
+        "run_keys": [run_key(env.env_id, seed) for env in settings.plan.envs for seed in settings.plan.seeds],
+        "study_dir": str(settings.study_dir),
         "trials": rows,
     }
 
@@ -172,6 +196,7 @@ def markdown(data: dict[str, Any]) -> str:
     else:
         lines += ["No complete trial yet.", ""]
     lines += _reference_lines(data)
+    lines += _run_score_lines(data)
     lines += ["## Objective vs trial", "", f"![objective vs trial]({OBJECTIVE_PNG})", "", "## Parameter importances", ""]
     if data["importances"]:
         lines += ["| parameter | importance (Optuna's get_param_importances) |", "|---|---|"]
@@ -197,6 +222,28 @@ def _reference_lines(data: dict[str, Any]) -> list[str]:
     if missing:
         lines += ["", "Not finished at this budget (no objective until they are): " + "; ".join(missing) + "."]
     return [*lines, ""]
+
+
+def _run_score_lines(data: dict[str, Any]) -> list[str]:
+    """One row per best trial and per reference: each run's raw score, linked to its folder (relative to the study's
+    folder, where summary.md lies); blank where a run has not finished."""
+    rows = [(f"trial {row['number']}", row["value"], row.get("runs", {})) for row in data["best"]]
+    rows += [(entry["algo"], entry["objective"], entry["scores"]) for entry in data["references"] if entry["algo"]]
+    if not rows:
+        return []
+    lines = ["## Run scores (raw; the objective normalises and averages them)", ""]
+    lines += ["| | objective | " + " | ".join(data["run_keys"]) + " |", "|---" * (2 + len(data["run_keys"])) + "|"]
+    for label, objective, scores in rows:
+        cells = [_linked_score(scores.get(key), data["study_dir"]) for key in data["run_keys"]]
+        value = f"{objective:.4g}" if objective is not None else "incomplete"
+        lines.append(f"| {label} | {value} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _linked_score(entry: dict[str, Any] | None, study_dir: str) -> str:
+    if entry is None:
+        return ""
+    return f"[{entry['score']:.4g}]({Path(os.path.relpath(entry['run_dir'], study_dir)).as_posix()})"
 
 
 def _cell(value: Any) -> str:
