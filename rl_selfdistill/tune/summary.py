@@ -126,7 +126,7 @@ def trial_run_scores(study_dir: Path, number: int) -> dict[str, dict[str, Any]]:
     path = trial_dir(study_dir, number) / TRIAL_FILE
     records = json.loads(path.read_text()).get("runs", []) if path.exists() else []
     return {
-        run_key(record["env_id"], record["seed"]): {"score": record["score"], "run_dir": str(Path(study_dir) / record["run_dir"])}
+        run_key(record["env_id"], record["seed"]): {"score": record["score"], "run_dir": str(study_dir / record["run_dir"])}
         for record in records
         if record.get("status") == "finished" and record.get("score") is not None
     }
