@@ -285,3 +285,47 @@ def test_a_resumed_cell_takes_the_grids_thread_share_not_the_one_it_started_with
     interrupted_copy(tmp_path / "finished", cell, step=256)
     assert main([*argv, "--cpus-per-run", "2"]) == 0
     assert [resume["changes"] for resume in json.loads((cell / "run.json").read_text())["resumes"]] == [{}]
+
+
+def folder_snapshot(folder: Path) -> dict[str, tuple[int, int] | None]:
+    """Every path under `folder`, with each file's size and modification time (a folder's own time changes when the
+    writability probe, `paths.check_writable_folder`, makes and removes its file in it: not a write that stays)."""
+    return {
+        str(path): (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None for path in folder.rglob("*")
+    }
+
+
+def test_dry_run_says_what_each_run_would_do_and_writes_nothing(tmp_path, capsys):
+    """One run finished, one crashed after its 256-step checkpoint (run.json says 512: the steps after the checkpoint
+    are trained again), one new seed: the dry run lists skip / resume from 256 / start, the same command then does
+    exactly that, and neither an existing nor a new folder is touched by the dry run."""
+    from tests.helpers import interrupted_copy
+
+    out = tmp_path / "out"
+    argv = ["benchmark", "--envs", "CartPole-v1", "--algos", "ppo", "-n", "512", "--save-freq", "256"]
+    argv += ["--eval-freq", "0", "--wandb-mode", "disabled", "--device", "cpu", "--vec-env", "dummy", "-o", str(out)]
+    assert main([*argv, "--seeds", "2"]) == 0
+    seed0, seed1 = out / "runs/ppo/CartPole-v1/seed0", out / "runs/ppo/CartPole-v1/seed1"
+    interrupted_copy(seed0.rename(tmp_path / "finished"), seed0, step=256)
+    assert json.loads((seed0 / "run.json").read_text())["num_timesteps_done"] == 512
+    before = folder_snapshot(out)
+    capsys.readouterr()
+
+    assert main([*argv, "--seeds", "3", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "(dry run, nothing trained or written): 3 runs: 1 skip, 1 resume, 1 start" in printed
+    assert "  skip     ppo/CartPole-v1/seed1\n" in printed
+    assert "  resume   ppo/CartPole-v1/seed0 from step 256 of 512\n" in printed
+    assert "  start    ppo/CartPole-v1/seed2\n" in printed
+    assert "env steps left to train: 768 of 1536" in printed
+    assert folder_snapshot(out) == before
+
+    finished_seed1 = (seed1 / "run.json").read_text()
+    assert main([*argv, "--seeds", "3"]) == 0  # the same command for real does what the dry run said
+    assert [resume["step"] for resume in json.loads((seed0 / "run.json").read_text())["resumes"]] == [256]
+    assert (seed1 / "run.json").read_text() == finished_seed1
+    assert run_state(out / "runs/ppo/CartPole-v1/seed2") is RunState.FINISHED
+
+    new = tmp_path / "new"
+    assert main([*argv[:-1], str(new), "--seeds", "1", "--dry-run"]) == 0 and not new.exists()
+    assert "1 runs: 1 start" in capsys.readouterr().out

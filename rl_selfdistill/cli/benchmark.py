@@ -61,6 +61,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default=None, help="W&B mode")
     parser.add_argument("--benchmark-id", default=None, help="W&B group and tag (default: generated once per OUT)")
     add_gym_packages(parser)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the grid and print what the same command would do with each run (skip, resume from its newest "
+        "checkpoint, start) and the env steps left; trains nothing and writes nothing",
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="benchmark folder")
     parser.set_defaults(func=run_benchmark_command)
 
@@ -221,6 +227,9 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     specs = requested_specs(args, manifest)
     _check_budgets(out, specs)
     check_cells(build_jobs(args, manifest, specs))  # a bad -params fails now, not after the first cells trained
+    if args.dry_run:
+        print_dry_run(manifest, specs, out)
+        return 0
     invocation = {
         "command": canonical_command(args),
         "started_at": grid.utc_now(),
@@ -294,6 +303,46 @@ def _print_plan(manifest: Manifest, todo: list[RunSpec], done: list[RunSpec], ou
         print(f"  skip    {spec.label}", flush=True)
     for cell in manifest.skipped:
         print(f"  not run {cell['algo']}/{cell['env_id']}: {cell['reason']}", flush=True)
+
+
+def print_dry_run(manifest: Manifest, specs: list[RunSpec], out: Path) -> None:
+    """What the same command without --dry-run would do with each run, and the env steps it would train.
+
+    A resumed run restarts from its newest complete checkpoint (not from run.json's last step: the steps after that
+    checkpoint are trained again), and a run with no checkpoint starts over, so both are counted from there. A run
+    that another process is training right now looks interrupted, so it is listed as one to resume.
+    """
+    decisions = [(spec, *dry_run_action(spec.run_dir(out))) for spec in specs]
+    counts = ", ".join(
+        f"{count} {name}" for name in DRY_RUN_ACTIONS if (count := sum(action == name for _, action, _ in decisions))
+    )
+    print(f"benchmark {manifest.benchmark_id} (dry run, nothing trained or written): {len(specs)} runs: {counts}")
+    for spec, action, start in decisions:
+        where = f" from step {start} of {spec.n_timesteps}" if action == "resume" else ""
+        print(f"  {action:8s} {spec.label}{where}")
+    left = sum(spec.n_timesteps - start for spec, action, start in decisions if action in ("resume", "start"))
+    print(f"env steps left to train: {left} of {sum(spec.n_timesteps for spec in specs)}")
+
+
+DRY_RUN_ACTIONS = ("skip", "diverged", "damaged", "resume", "start")
+
+
+def dry_run_action(run_dir: Path) -> tuple[str, int]:
+    """The runner's decision for one run folder (runners.execute_run) and the step training would start from."""
+    from rl_selfdistill.run.checkpoints import checkpoint_step, newest_usable
+
+    state = grid.run_state(run_dir)
+    if state is RunState.FINISHED:
+        return "skip", 0
+    if state is RunState.DIVERGED:  # reported, not retrained
+        return "diverged", 0
+    if state is RunState.INTERRUPTED:
+        newest, damaged = newest_usable(run_dir, warn=False)
+        if newest is not None:
+            return "resume", checkpoint_step(newest) or 0
+        if damaged:  # the runner stops there and prints the command that starts the run over
+            return "damaged", 0
+    return "start", 0
 
 
 def _report_outcomes(outcomes: Any, total: int, on_failure: Any) -> int:
