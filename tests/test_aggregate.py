@@ -99,6 +99,14 @@ def test_final_window_score_averages_the_last_tenth():
     assert aggregate.final_window_score(evals[evals.timesteps < 800], 1000) is None
 
 
+def test_evaluations_past_the_budget_are_not_scored():
+    """PPO finishes its last rollout, so a run of 1000 steps with 512-step rollouts trains 1024 and may evaluate at
+    1020: that evaluation is not in the window, or runs with other rollout sizes would be scored on other windows."""
+    evals = pd.DataFrame({"timesteps": [900, 1000, 1020], "mean_reward": [1.0, 2.0, 100.0]})
+    assert aggregate.final_window_score(evals, 1000) == pytest.approx(1.5)
+    assert aggregate.final_window_score(evals, 1000, fraction=1.0) == pytest.approx(1.5)
+
+
 def test_reference_normalisation():
     assert Reference(random_score=20.0, reference_score=500.0).normalise(260.0) == pytest.approx(0.5)
 
@@ -289,6 +297,20 @@ def test_each_family_is_aggregated_over_the_envs_it_covers():
         (["ppo", "sd_ppo"], ["EnvA-v0", "EnvB-v0"]),
     ]
     assert groups[1].scores["ppo"] == pytest.approx(np.array([[0.5, 0.5], [0.505, 0.505]]))
+
+
+def test_a_variant_with_no_scored_run_yet_leaves_the_comparisons_envs_alone():
+    """sd_ppo_snapshot has one unfinished run: PPO and SD-PPO are still aggregated over both envs."""
+    results = [
+        aggregate.RunResult(algo, env, seed, None, "finished", score=100.0 + seed)
+        for algo in ("ppo", "sd_ppo")
+        for env in ("EnvA-v0", "EnvB-v0")
+        for seed in range(2)
+    ]
+    results.append(aggregate.RunResult("sd_ppo_snapshot", "EnvA-v0", 0, None, "running", problem="unfinished"))
+    (group,) = aggregate.grouped_score_matrices(results, REFERENCES)
+    assert sorted(group.scores) == ["ppo", "sd_ppo"] and group.envs == ["EnvA-v0", "EnvB-v0"]
+    assert ("sd_ppo_snapshot/EnvA-v0/seed0", "unfinished") in group.excluded
 
 
 def test_publish_copies_the_results_without_models_and_regenerates_the_same_report(fake_benchmark, tmp_path, capsys):

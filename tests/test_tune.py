@@ -148,7 +148,9 @@ def test_ctrl_c_mid_run_is_continued_from_its_checkpoint_by_the_retried_trial(tm
     assert not (trial_0 / first).exists() and not (trial_0 / second).exists()
     resumed = json.loads((trial_1 / second / "run.json").read_text())
     assert resumed["status"] == "finished" and [entry["step"] for entry in resumed["resumes"]] == [stopped_at]
-    assert len(trials[1].intermediate_values) == 2 * 8  # both runs' evaluations, before and after the stop
+    # Both runs' evaluations, before and after the stop, each at its fixed step: run r's evaluation k is 8r + k.
+    assert sorted(trials[1].intermediate_values) == list(range(2 * 8))
+    assert trials[1].user_attrs["run_first_step"] == 8
 
 
 def test_two_workers_share_one_study(tmp_path, isolated_home, capsys):
@@ -199,6 +201,57 @@ def test_a_pruned_trial_stops_its_run_and_marks_it(tmp_path, isolated_home):
     assert not (study_dir / "trials" / "trial_0000" / RUN / "model.zip").exists()
     assert load(study_dir).trials[0].state == optuna.trial.TrialState.PRUNED
     assert studies.claim_trial(study, settings) is None  # the one intended trial has finished
+
+
+def test_evaluations_past_the_budget_are_neither_scored_nor_reported(tmp_path, isolated_home):
+    """CartPole's PPO preset collects 256-step rollouts, so a 640-step run trains to 768 and evaluates there too.
+    That evaluation is not part of the score (the objective is the 640-step one) and not reported: each run has
+    5 steps, the second run's starting at 5, as in a trial whose rollouts stop exactly at the budget."""
+    import pandas as pd
+
+    study_dir = tmp_path / "overshoot"
+    args = tune_args(study_dir, "--seeds", "2", "--n-trials", "1", "--pruner", "none")
+    args[args.index("-n") + 1] = "640"
+    assert main(args) == 0
+    (trial,) = load(study_dir).trials
+    last_returns = []
+    for k in range(2):
+        run = study_dir / "trials" / "trial_0000" / f"runs/sd_ppo/CartPole-v1/seed{TUNING_SEED_START + k}"
+        assert json.loads((run / "run.json").read_text())["num_timesteps_done"] == 768
+        evals = pd.read_csv(run / "eval.csv")
+        assert list(evals["timesteps"]) == [128, 256, 384, 512, 640, 768]
+        last_returns.append(float(evals.loc[evals["timesteps"] == 640, "mean_reward"].iloc[0]))
+    assert sorted(trial.intermediate_values) == list(range(10))
+    assert trial.value == pytest.approx(sum(last_returns) / 2)  # the final 10% of 640 steps holds one evaluation
+
+
+def test_the_median_pruner_judges_a_trial_on_its_current_run():
+    """Three complete trials learn 0.1 -> 1.0 on each of two runs (steps 0-9 and 10-19). A trial that matches them
+    on run 1 and stays at 0 on run 2 is pruned in run 2 once its warm-up evaluations are over. Optuna's median
+    pruner alone compares the best value over all steps (1.0, from run 1) and never prunes it."""
+    from rl_selfdistill.tune.study import RunWisePruner
+    from rl_selfdistill.tune.trial import RUN_START_ATTR
+
+    curve = [0.1 * (k + 1) for k in range(10)]
+    verdicts = {}
+    for name, pruner in (("run-wise", RunWisePruner(3, 2)), ("optuna", optuna.pruners.MedianPruner(3, 2))):
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        for _ in range(3):
+            trial = study.ask()
+            for step, value in enumerate(curve + curve):
+                trial.report(value, step)
+            study.tell(trial, 1.0)
+        trial = study.ask()
+        pruned_at = None
+        for step, value in enumerate(curve + [0.0] * 10):
+            if step == 10:
+                trial.set_user_attr(RUN_START_ATTR, 10)
+            trial.report(value, step)
+            if trial.should_prune():
+                pruned_at = step
+                break
+        verdicts[name] = pruned_at
+    assert verdicts == {"run-wise": 12, "optuna": None}
 
 
 def test_conditional_keys_are_sampled_only_in_their_branch():
@@ -303,11 +356,16 @@ def test_summary_scores_a_reference_benchmark_like_a_trial(tmp_path, isolated_ho
     assert f"| ppo | {expected:.4g} | [{expected:.4g}](../ppo-ref/runs/ppo/CartPole-v1/seed{TUNING_SEED_START}) |" in markdown
     assert "| ppo | incomplete |  |" in markdown  # the other-budget run has no score to show
 
-    journal = (study_dir / "study.journal").read_bytes()
+    journal, study_file = (study_dir / "study.journal").read_bytes(), (study_dir / "study.json").read_bytes()
     (study_dir / "summary.md").unlink()
     assert main([*args, "--summary", "--reference", str(bench)]) == 0
     assert f"| ppo | {bench} | {expected:.4g} | 1 / 1 |" in (study_dir / "summary.md").read_text()
     assert (study_dir / "study.journal").read_bytes() == journal  # a summary reads the study, it never writes to it
+    # Asked for without --n-trials (default 20): the summary still counts against the study's own 1, and study.json
+    # (the command that continues the study) is left as the study wrote it.
+    assert main([*tune_args(study_dir, "--pruner", "none"), "--summary"]) == 0
+    assert "Trials: 1 of 1 finished" in (study_dir / "summary.md").read_text()
+    assert (study_dir / "study.json").read_bytes() == study_file
 
     capsys.readouterr()
     assert main([*args, "--summary", "--reference", str(tmp_path / "nothing")]) == 2

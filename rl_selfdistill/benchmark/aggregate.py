@@ -79,7 +79,11 @@ class ScoreMatrices:
 
 
 def final_window_score(evals: pd.DataFrame, n_timesteps: int, fraction: float = SCORE_FRACTION) -> float | None:
-    window = evals[evals["timesteps"] >= (1.0 - fraction) * n_timesteps]
+    """The mean evaluation return over the final `fraction` of the budget. Evaluations past the budget (PPO finishes
+    its last rollout, DQN its last `train_freq`, so a run may train a little longer) do not count: runs whose
+    settings overshoot by different amounts are scored on the same window."""
+    timesteps = evals["timesteps"]
+    window = evals[(timesteps >= (1.0 - fraction) * n_timesteps) & (timesteps <= n_timesteps)]
     if window.empty:
         return None
     return float(window["mean_reward"].mean())
@@ -166,7 +170,7 @@ def collect_runs(out: Path, expected: list[RunSpec]) -> list[RunResult]:
 
 
 def score_matrices(results: list[RunResult], references: dict[str, Reference]) -> ScoreMatrices:
-    """Normalised (runs x envs) matrices on the envs every algo has scored runs for.
+    """Normalised (runs x envs) matrices on the envs every algo with a scored run has scored runs for.
 
     rliable's stratified bootstrap needs a rectangular matrix, so each algo keeps its
     first `k` seeds per env, k being its smallest per-env count; whatever this leaves out
@@ -174,7 +178,9 @@ def score_matrices(results: list[RunResult], references: dict[str, Reference]) -
     """
     scored = [r for r in results if r.score is not None]
     excluded = [(r.label, r.problem or "unscored") for r in results if r.score is None]
-    algos = sorted({r.algo for r in results})
+    # An algo with no scored run yet (a variant just started) has nothing to aggregate: it must not take every env
+    # away from the algos of its comparison that do have scores. Its runs are listed as excluded above.
+    algos = sorted({r.algo for r in scored})
     envs = sorted({r.env_id for r in results})
     usable_envs = []
     for env in envs:

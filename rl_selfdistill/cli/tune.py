@@ -48,7 +48,9 @@ def register(subparsers: Any) -> None:
         "--n-startup-trials", type=int, default=10, help="random trials before TPE; unpruned trials before median"
     )
     parser.add_argument(
-        "--n-warmup-evals", type=int, help="median pruner: evaluations never pruned (default: a third of a run's)"
+        "--n-warmup-evals",
+        type=int,
+        help="median pruner: first evaluations of each run never pruned (default: a third of a run's)",
     )
     parser.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (default: random)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the study")
@@ -107,10 +109,10 @@ def run_tune_command(args: argparse.Namespace) -> int:
     if args.summary and not (args.output / studies.JOURNAL).is_file():
         raise UsageError(f"no study in {str(args.output)!r} yet; run the command without --summary first")
     study = studies.open_study(settings)  # refuses another study's folder before anything is written
-    studies.write_study_file(settings)
-    if args.summary:
-        print(f"wrote {write_summary(study, settings)}")
+    if args.summary:  # reads the study: its study.json (the command that runs it, --n-trials) stays as it is
+        print(f"wrote {write_summary(study, studies.as_recorded(settings))}")
         return 0
+    studies.write_study_file(settings)
     _say_if_busy(settings.workers)
     status = studies.run_workers(settings)
     path = write_summary(studies.open_study(settings), settings)

@@ -22,6 +22,7 @@ therefore continues a killed study to N finished trials.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import multiprocessing
@@ -30,9 +31,11 @@ import socket
 import sys
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from optuna.pruners import BasePruner, MedianPruner
 
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.run import rundir
@@ -97,11 +100,37 @@ def make_pruner(settings: TuneSettings) -> Any:
     import optuna
 
     if settings.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=settings.n_startup_trials, n_warmup_steps=settings.pruner_warmup)
+        return RunWisePruner(settings.n_startup_trials, settings.pruner_warmup)
     if settings.pruner == "halving":
         # The RL Zoo's settings: a rung after every evaluation, the best quarter promoted.
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4, min_early_stopping_rate=0)
     return optuna.pruners.NopPruner()
+
+
+class RunWisePruner(BasePruner):
+    """Optuna's median pruner, judging a trial on its current run.
+
+    A trial's steps run through several runs (envs and seeds), and Optuna's median pruner compares the trial's best
+    value over *all* its steps with the other trials' median at the current step: a good value late in the first
+    run (an easy env) then outweighs every evaluation of the later runs, and the trial can no longer be pruned.
+    Here the trial is seen with its current run's values only (from the step recorded as RUN_START_ATTR), and the
+    first `n_warmup_evaluations` evaluations of every run, noisy as a run starts, are never pruned.
+    """
+
+    def __init__(self, n_startup_trials: int, n_warmup_evaluations: int) -> None:
+        self.n_warmup_evaluations = n_warmup_evaluations
+        self.median = MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=0)
+
+    def prune(self, study: Any, trial: Any) -> bool:
+        from rl_selfdistill.tune.trial import RUN_START_ATTR
+
+        first = trial.user_attrs.get(RUN_START_ATTR, 0)
+        values = {step: value for step, value in trial.intermediate_values.items() if step >= first}
+        if not values or max(values) - first < self.n_warmup_evaluations:
+            return False
+        view = copy.copy(trial)  # a FrozenTrial: the copy's values can be narrowed without touching the study
+        view.intermediate_values = values
+        return self.median.prune(study, view)
 
 
 def make_sampler(settings: TuneSettings, offset: int) -> Any:
@@ -149,6 +178,17 @@ def open_study(settings: TuneSettings, *, worker: int = 0) -> Any:
     return optuna.load_study(
         study_name=name, storage=store, sampler=make_sampler(settings, offset), pruner=make_pruner(settings)
     )
+
+
+def as_recorded(settings: TuneSettings) -> TuneSettings:
+    """The settings with the command and --n-trials the study was last run with (study.json), for `--summary`:
+    a summary asked for with a shorter command (no --n-trials) must still say "k of 30", not "k of 20"."""
+    path = settings.study_dir / STUDY_FILE
+    if not path.is_file():
+        return settings
+    recorded = json.loads(path.read_text())
+    command = recorded.get("command", settings.command)
+    return replace(settings, n_trials=recorded.get("n_trials", settings.n_trials), command=command)
 
 
 def write_study_file(settings: TuneSettings) -> None:

@@ -3,10 +3,10 @@
 Each run is made by `rl_selfdistill.run.run_training`, like `rl-selfdistill train`, in
 STUDY_DIR/trials/trial_<NNNN>/runs/<algo>/<env>/seed<N> (a benchmark's layout), so W&B, checkpoints,
 crash safety and `rl-selfdistill report` work as for any run.
-Intermediate values are the runs' evaluations (eval.csv rows), numbered across the trial's runs in
-a fixed order (env-major, then seed), so step k means the same env, seed and evaluation in every
-trial and the pruner compares like with like. A pruned run stops at once; its run.json says
-`"status": "pruned"`.
+Intermediate values are the runs' evaluations within their budgets (eval.csv rows), numbered across the
+trial's runs in a fixed order (env-major, then seed) and by their env step (`Reporter`), so step k means the
+same env, seed and evaluation in every trial and the pruner compares like with like; the pruner judges a trial
+on its current run (`study.RunWisePruner`). A pruned run stops at once; its run.json says `"status": "pruned"`.
 
 Score of a run: the report's score (`benchmark.aggregate.final_window_score`: the mean evaluation
 return over the final 10% of the budget; over every evaluation for a continual env, whose score is
@@ -35,6 +35,8 @@ PRUNED = "pruned"
 # Trial user attributes: the process that claimed the trial, and the trial a retried one repeats.
 WORKER_ATTR = "worker"
 RETRY_ATTR = "retry_of"
+# Trial user attribute: the step number of the current run's first evaluation (see Reporter).
+RUN_START_ATTR = "run_first_step"
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,7 @@ def check_plan(plan: TrialPlan, point: dict[str, Any]) -> None:
         reason = incompatibility(plan.algo, env.env_id)
         if reason:
             raise UsageError(f"{reason}; tune it on other envs")
-        # The evaluation callback evaluates every eval_freq // n_envs vectorised steps.
-        every = max(plan.eval_freq // config["hyperparams"]["n_envs"], 1) * config["hyperparams"]["n_envs"]
+        every = evaluation_interval(plan.eval_freq, config["hyperparams"]["n_envs"])
         if env.n_timesteps // every * every < (1.0 - score_fraction(env.env_id)) * env.n_timesteps:
             raise UsageError(
                 f"--eval-freq {plan.eval_freq} leaves no evaluation in the final 10% of {env.env_id}'s "
@@ -150,12 +151,22 @@ def check_plan(plan: TrialPlan, point: dict[str, Any]) -> None:
             )
 
 
-def read_eval_means(run_dir: Path) -> list[float]:
+def read_evaluations(run_dir: Path) -> list[tuple[int, float]]:
+    """(timesteps, mean return) of each eval.csv row, in file order."""
     path = Path(run_dir) / rundir.EVAL_CSV
     if not path.exists():
         return []
     rows = [line.split(",") for line in path.read_text().splitlines()[1:] if line.strip()]
-    return [float(row[1]) for row in rows if len(row) >= 2]
+    return [(int(float(row[0])), float(row[1])) for row in rows if len(row) >= 2]
+
+
+def evaluation_interval(eval_freq: int, n_envs: int) -> int:
+    """Env steps between a run's evaluations: SB3's EvalCallback counts vectorized steps, every eval_freq // n_envs."""
+    return n_envs * max(eval_freq // n_envs, 1)
+
+
+def run_evaluation_interval(run_dir: Path, eval_freq: int) -> int:
+    return evaluation_interval(eval_freq, int(rundir.read_raw_config(run_dir)["hyperparams"].get("n_envs") or 1))
 
 
 def run_score(run_dir: Path, env_id: str, n_timesteps: int) -> float | None:
@@ -167,29 +178,48 @@ def run_score(run_dir: Path, env_id: str, n_timesteps: int) -> float | None:
 
 
 class Reporter:
-    """Feeds a trial's evaluations to Optuna in one global step order and asks the pruner after each batch."""
+    """Feeds a trial's evaluations to Optuna and asks the pruner after each batch.
 
-    def __init__(self, trial: Any) -> None:
+    Step numbers are fixed by the run's place in the trial and the evaluation's env step, not by how many values
+    came before: run r's evaluation at env step t is step `first_step(r) + t // interval - 1`, where first_step(r)
+    adds up the evaluations that fit in the budgets of the runs before it. So step k is the same env, seed and
+    evaluation in every trial even when runs train past their budget (PPO completes its last rollout, DQN its
+    last `train_freq`) by different amounts, as a tuned `n_steps` or `train_freq` makes them do; evaluations past
+    the budget are neither scored (`final_window_score`) nor reported.
+    The first step of the current run is recorded on the trial (RUN_START_ATTR), so the pruner can judge the trial
+    on its current run only (`study.RunWisePruner`).
+    """
+
+    def __init__(self, trial: Any, eval_freq: int) -> None:
         self.trial = trial
-        self.step = 0
+        self.eval_freq = eval_freq
+        self.first_step = 0
         self.values: list[float] = []
 
-    def report_new(self, run_dir: Path, seen: int, normalise: Callable[[float], float]) -> int:
+    def start_run(self) -> None:
+        self.trial.set_user_attr(RUN_START_ATTR, self.first_step)
+
+    def end_run(self, run_dir: Path, n_timesteps: int) -> None:
+        self.first_step += n_timesteps // run_evaluation_interval(run_dir, self.eval_freq)
+
+    def report_new(self, run_dir: Path, seen: int, n_timesteps: int, normalise: Callable[[float], float]) -> int:
         """Report eval.csv rows after the first `seen`; returns how many rows have been reported now."""
         import optuna
 
-        means = read_eval_means(run_dir)
-        for mean in means[seen:]:
+        rows = read_evaluations(run_dir)
+        new = [(timesteps, mean) for timesteps, mean in rows[seen:] if timesteps <= n_timesteps]
+        if new:
+            interval = run_evaluation_interval(run_dir, self.eval_freq)
+        for timesteps, mean in new:
             value = normalise(mean)
-            self.trial.report(value, self.step)
+            self.trial.report(value, self.first_step + timesteps // interval - 1)
             self.values.append(value)
-            self.step += 1
-        if len(means) > seen and self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {self.step - 1} (evaluation value {self.values[-1]:.4g})")
-        return max(seen, len(means))
+        if new and self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at env step {new[-1][0]} (evaluation value {self.values[-1]:.4g})")
+        return max(seen, len(rows))
 
 
-def pruning_callback(reporter: Reporter, run_dir: Path, eval_freq: int, normalise: Callable[[float], float]) -> Any:
+def pruning_callback(reporter: Reporter, run_dir: Path, env: EnvTarget) -> Any:
     """SB3 callback: after each evaluation of the run, report it; raising TrialPruned ends learn() at once."""
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -197,16 +227,16 @@ def pruning_callback(reporter: Reporter, run_dir: Path, eval_freq: int, normalis
         def __init__(self) -> None:
             super().__init__()
             self.seen = 0
-            self.next_check = eval_freq
+            self.next_check = reporter.eval_freq
             self.stopped_at: int | None = None  # env steps done when the pruner stopped this run
 
         def _on_step(self) -> bool:
             # The evaluation callback runs before this one in the run's CallbackList and evaluates at
             # most every eval_freq steps: past each multiple, any new eval.csv row is already written.
             if self.num_timesteps >= self.next_check:
-                self.next_check = (self.num_timesteps // eval_freq + 1) * eval_freq
+                self.next_check = (self.num_timesteps // reporter.eval_freq + 1) * reporter.eval_freq
                 try:
-                    self.seen = reporter.report_new(run_dir, self.seen, normalise)
+                    self.seen = reporter.report_new(run_dir, self.seen, env.n_timesteps, env.normalise)
                 except BaseException:
                     self.stopped_at = self.num_timesteps
                     self.training_env.close()  # subprocess env workers would outlive the aborted learn()
@@ -260,7 +290,7 @@ def run_trial(
 
     from rl_selfdistill.run import resume_training, run_training
 
-    reporter = Reporter(trial)
+    reporter = Reporter(trial, plan.eval_freq)
     tags = [plan.study_name, f"trial{trial.number}"]
     retry_of = trial.user_attrs.get(RETRY_ATTR)
     for env in plan.envs:
@@ -270,7 +300,8 @@ def run_trial(
             records.append(record)
             command = train_command(plan, env, seed, hyperparams, run_dir)
             request = train_request(plan, env, seed, hyperparams, run_dir=run_dir, command=command, extra_tags=tags)
-            callback = pruning_callback(reporter, run_dir, plan.eval_freq, env.normalise)
+            callback = pruning_callback(reporter, run_dir, env)
+            reporter.start_run()
             taken = take_over_killed_run(study_dir, retry_of, plan.algo, env.env_id, seed, run_dir)
             if taken is RunState.FINISHED:
                 record["reused_from_trial"] = retry_of
@@ -291,5 +322,6 @@ def run_trial(
                 raise RuntimeError(f"run {run_dir} has no evaluation in its final 10%")
             record.update(status="finished", score=score, normalised=env.normalise(score))
             # Evaluations after the callback's last look; a prune here stops the trial before its next run.
-            reporter.report_new(run_dir, callback.seen, env.normalise)
+            reporter.report_new(run_dir, callback.seen, env.n_timesteps, env.normalise)
+            reporter.end_run(run_dir, env.n_timesteps)
     return sum(record["normalised"] for record in records) / len(records)
