@@ -325,6 +325,19 @@ def test_benchmark_refuses_reporting_seeds_in_the_tuning_range(tmp_path, capsys)
     check_reporting_seeds(range(0, 5))
 
 
+def test_reporting_seeds_keep_clear_of_the_env_seeds_of_tuning_runs():
+    """A run seeds its envs seed + i and its evaluation envs seed + EVAL_SEED_OFFSET + i: a reporting seed a few
+    thousand below the tuning range would evaluate on a tuning run's env seeds, so the margin refuses it too."""
+    from rl_selfdistill.run.build import EVAL_SEED_OFFSET
+    from rl_selfdistill.tune.seeds import SEED_MARGIN, TUNING_SEED_STOP
+
+    assert SEED_MARGIN >= EVAL_SEED_OFFSET + 1024  # room for the evaluation offset and up to 1024 parallel envs
+    for seed in (TUNING_SEED_START - EVAL_SEED_OFFSET, TUNING_SEED_STOP + EVAL_SEED_OFFSET):
+        with pytest.raises(UsageError, match="within 20000 of it"):
+            check_reporting_seeds([seed])
+    check_reporting_seeds([TUNING_SEED_START - SEED_MARGIN - 1, TUNING_SEED_STOP + SEED_MARGIN])
+
+
 def test_summary_scores_a_reference_benchmark_like_a_trial(tmp_path, isolated_home, capsys):
     """PPO on the tuning seed, made by `benchmark`, read back by the summary with the trial's own scoring."""
     from rl_selfdistill.benchmark.aggregate import final_window_score, read_evals
@@ -366,6 +379,10 @@ def test_summary_scores_a_reference_benchmark_like_a_trial(tmp_path, isolated_ho
     assert main([*tune_args(study_dir, "--pruner", "none"), "--summary"]) == 0
     assert "Trials: 1 of 1 finished" in (study_dir / "summary.md").read_text()
     assert (study_dir / "study.json").read_bytes() == study_file
+
+    # The reference benchmark's own report says that it is not a held-out result.
+    assert main(["report", str(bench), "--reps", "100"]) == 0
+    assert f"**Not a held-out result**: seeds {TUNING_SEED_START} are tuning seeds" in (bench / "report.md").read_text()
 
     capsys.readouterr()
     assert main([*args, "--summary", "--reference", str(tmp_path / "nothing")]) == 2

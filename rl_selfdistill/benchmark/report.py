@@ -19,6 +19,7 @@ from rl_selfdistill.benchmark.grid import Manifest, load_manifest
 from rl_selfdistill.benchmark.report_markdown import render_markdown
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.run.rundir import PROGRAM, format_command
+from rl_selfdistill.tune.seeds import RESERVED_FOR_TUNING
 
 SCORE_DEFINITION = (
     f"Score of a run: mean of the evaluation returns (`mean_reward` in `eval.csv`) logged in the final "
@@ -271,6 +272,7 @@ def build_summary(analysis: Analysis, figures: dict[str, Path], report_dir: Path
         "references": {env: vars(ref) for env, ref in sorted(analysis.references.items())},
         "runs": [_run_entry(result, report_dir) for result in analysis.results],
         "excluded": [{"what": what, "reason": reason} for what, reason in analysis.excluded],
+        "tuning_seeds": sorted({r.seed for r in analysis.results if r.seed in RESERVED_FOR_TUNING}),
         "not_run": [cell for manifest in known for cell in manifest.skipped],
         "figures": {name: _relative(path, report_dir) for name, path in figures.items()},
         "invocations": [invocation for manifest in known for invocation in manifest.invocations],

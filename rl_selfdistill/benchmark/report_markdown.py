@@ -34,7 +34,19 @@ def _md_header(summary: dict[str, Any]) -> str:
     lines += ["## Commands", "", "```bash"]
     lines += [invocation["command"] for invocation in summary["invocations"]]
     lines += [summary["report_command"], "```", "", "## Score", "", summary["score_definition"]]
-    return "\n".join(lines)
+    return "\n".join(lines + _md_tuning_seeds(summary.get("tuning_seeds", [])))
+
+
+def _md_tuning_seeds(seeds: list[int]) -> list[str]:
+    """Runs on tuning seeds (a --reference benchmark, `--allow-tuning-seeds`) are not a held-out result: say so."""
+    if not seeds:
+        return []
+    listed = ", ".join(map(str, seeds))
+    return [
+        "",
+        f"**Not a held-out result**: seeds {listed} are tuning seeds (or within the margin around them), on which a "
+        "study may have chosen its setting (docs/tuning.md).",
+    ]
 
 
 def _md_pooled_folders(benchmarks: list[dict[str, Any]]) -> list[str]:

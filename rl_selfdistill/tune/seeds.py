@@ -15,6 +15,11 @@ from rl_selfdistill.errors import UsageError
 TUNING_SEED_START = 1_000_000
 TUNING_SEED_STOP = 2_000_000
 TUNING_SEEDS = range(TUNING_SEED_START, TUNING_SEED_STOP)
+# A run with seed s also seeds its envs s + i (i < n_envs) and its evaluation envs s + 10_000 + i
+# (run/build.py EVAL_SEED_OFFSET), so a reporting seed just below or above the range could step or evaluate on the
+# env seeds of a tuning run: reporting seeds keep this margin away from the range.
+SEED_MARGIN = 20_000
+RESERVED_FOR_TUNING = range(TUNING_SEED_START - SEED_MARGIN, TUNING_SEED_STOP + SEED_MARGIN)
 
 
 def tuning_seeds(first_seed: int, count: int) -> list[int]:
@@ -34,9 +39,10 @@ def check_reporting_seeds(seeds: Iterable[int], *, allow_tuning_seeds: bool = Fa
     """Refuse benchmark seeds that a tuning study may have used: a result on them would be optimistic."""
     if allow_tuning_seeds:
         return
-    overlap = sorted(seed for seed in seeds if seed in TUNING_SEEDS)
+    overlap = sorted(seed for seed in seeds if seed in RESERVED_FOR_TUNING)
     if overlap:
         raise UsageError(
-            f"seed {overlap[0]} lies in the tuning range {TUNING_SEED_START}..{TUNING_SEED_STOP - 1}, so a study may have "
-            "chosen its setting on it; pick --first-seed below it, or pass --allow-tuning-seeds to report on it anyway"
+            f"seed {overlap[0]} lies in the tuning range {TUNING_SEED_START}..{TUNING_SEED_STOP - 1} or within "
+            f"{SEED_MARGIN} of it (its env seeds could be a tuning run's), so a study may have chosen its setting on "
+            f"it; pick --first-seed below {RESERVED_FOR_TUNING.start}, or pass --allow-tuning-seeds to report on it anyway"
         )
