@@ -254,6 +254,25 @@ def test_the_median_pruner_judges_a_trial_on_its_current_run():
     assert verdicts == {"run-wise": 12, "optuna": None}
 
 
+def test_two_tune_processes_joining_one_study_draw_different_points(tmp_path, isolated_home):
+    """Two `tune` commands on one study with the same --sampler-seed, both opened before either claims (as two
+    terminals started together): each claim is seeded by the number of claims so far, so they do not draw the same
+    point; and the same claims on a fresh study draw the same points again (reproducible)."""
+    from rl_selfdistill.cli import build_parser
+    from rl_selfdistill.cli.tune import tune_settings
+    from rl_selfdistill.tune import study as studies
+    from rl_selfdistill.tune.space import load_space
+
+    def draws(study_dir: Path) -> list[dict[str, object]]:
+        settings = tune_settings(build_parser().parse_args(tune_args(study_dir, "--n-trials", "4")), load_space("sd_ppo"))
+        first, second = studies.open_study(settings), studies.open_study(settings)
+        return [studies.sample_params(studies.claim_trial(study, settings), settings.space) for study in (first, second)]
+
+    points = draws(tmp_path / "joined")
+    assert points[0] != points[1]
+    assert draws(tmp_path / "again") == points
+
+
 def test_conditional_keys_are_sampled_only_in_their_branch():
     from rl_selfdistill.tune.space import load_space
     from rl_selfdistill.tune.study import sample_params

@@ -148,7 +148,7 @@ def make_sampler(settings: TuneSettings, offset: int) -> Any:
     )
 
 
-def open_study(settings: TuneSettings, *, worker: int = 0) -> Any:
+def open_study(settings: TuneSettings) -> Any:
     """Create the study on first use, else load it and refuse settings that differ from the recorded ones."""
     import optuna
 
@@ -174,10 +174,16 @@ def open_study(settings: TuneSettings, *, worker: int = 0) -> Any:
         warnings.simplefilter("ignore")  # "already exists, skipping" on every resume: the point of skip_if_exists
         for params in settings.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
-    offset = 1000 * worker + len(study.get_trials(deepcopy=False))
     return optuna.load_study(
-        study_name=name, storage=store, sampler=make_sampler(settings, offset), pruner=make_pruner(settings)
+        study_name=name, storage=store, sampler=make_sampler(settings, claimed_count(study)), pruner=make_pruner(settings)
     )
+
+
+def claimed_count(study: Any) -> int:
+    """Trials ever claimed (every state but WAITING): one more after each claim, whoever made it."""
+    from optuna.trial import TrialState
+
+    return sum(trial.state != TrialState.WAITING for trial in study.get_trials(deepcopy=False))
 
 
 def as_recorded(settings: TuneSettings) -> TuneSettings:
@@ -274,6 +280,10 @@ def claim_trial(study: Any, settings: TuneSettings) -> Any | None:
         finished, running = finished_count(study)
         if finished + running >= settings.n_trials:
             return None
+        # Seeded per claim, from the number of claims so far (counted under the lock, so no two claims share it):
+        # a resumed study does not replay its first draws, and workers or separate `tune` processes joining the
+        # study do not all draw the same points, while one command on one study stays reproducible.
+        study.sampler = make_sampler(settings, claimed_count(study))
         trial = study.ask()
         trial.set_user_attr(WORKER_ATTR, worker_identity())
         return trial
@@ -338,14 +348,14 @@ def execute(study: Any, trial: Any, settings: TuneSettings) -> str:
     return state.name
 
 
-def work(settings: TuneSettings, worker: int = 0) -> int:
+def work(settings: TuneSettings) -> int:
     """A worker: claim and run trials until the study has its N finished (or running) trials. Exit status."""
     from rl_selfdistill.tune.summary import write_summary
 
     if settings.workers > 1:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         os.environ.setdefault("RL_SELFDISTILL_TORCH_THREADS", str(max(1, cores // settings.workers)))
-    study = open_study(settings, worker=worker)
+    study = open_study(settings)
     failures = 0
     while (trial := claim_trial(study, settings)) is not None:
         state = execute(study, trial, settings)
@@ -358,8 +368,8 @@ def work(settings: TuneSettings, worker: int = 0) -> int:
     return 0
 
 
-def _worker_main(settings: TuneSettings, worker: int) -> None:
-    sys.exit(work(settings, worker))
+def _worker_main(settings: TuneSettings) -> None:
+    sys.exit(work(settings))
 
 
 def run_workers(settings: TuneSettings) -> int:
@@ -370,7 +380,7 @@ def run_workers(settings: TuneSettings) -> int:
     if settings.workers == 1:
         return work(settings)
     context = multiprocessing.get_context("spawn")  # forking after torch initialised its threads can deadlock
-    processes = [context.Process(target=_worker_main, args=(settings, index)) for index in range(settings.workers)]
+    processes = [context.Process(target=_worker_main, args=(settings,)) for _ in range(settings.workers)]
     for process in processes:
         process.start()
     for process in processes:
