@@ -152,12 +152,13 @@ def check_plan(plan: TrialPlan, point: dict[str, Any]) -> None:
 
 
 def read_evaluations(run_dir: Path) -> list[tuple[int, float]]:
-    """(timesteps, mean return) of each eval.csv row, in file order."""
-    path = Path(run_dir) / rundir.EVAL_CSV
-    if not path.exists():
+    """(timesteps, mean return) of each eval.csv row, read as the report reads them (`aggregate.read_evals`)."""
+    from rl_selfdistill.benchmark.aggregate import read_evals
+
+    evals = read_evals(Path(run_dir))
+    if evals is None:
         return []
-    rows = [line.split(",") for line in path.read_text().splitlines()[1:] if line.strip()]
-    return [(int(float(row[0])), float(row[1])) for row in rows if len(row) >= 2]
+    return [(int(step), float(mean)) for step, mean in zip(evals["timesteps"], evals["mean_reward"])]
 
 
 def evaluation_interval(eval_freq: int, n_envs: int) -> int:
