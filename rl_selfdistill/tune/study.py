@@ -174,9 +174,8 @@ def open_study(settings: TuneSettings) -> Any:
         warnings.simplefilter("ignore")  # "already exists, skipping" on every resume: the point of skip_if_exists
         for params in settings.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
-    return optuna.load_study(
-        study_name=name, storage=store, sampler=make_sampler(settings, claimed_count(study)), pruner=make_pruner(settings)
-    )
+    # No sampler here: claim_trial seeds one before every ask (below); a summary only reads the study.
+    return optuna.load_study(study_name=name, storage=store, pruner=make_pruner(settings))
 
 
 def claimed_count(study: Any) -> int:
