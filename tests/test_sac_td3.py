@@ -7,6 +7,7 @@ import copy
 import json
 import math
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -246,6 +247,112 @@ def test_teacher_under_vecnormalize_sees_its_own_statistics():
     current = th.as_tensor(env.normalize_obs(raw))
     expected = th.as_tensor(env._normalize_obs(raw, stats), dtype=th.float32)
     th.testing.assert_close(model._teacher_observations(current, stats), expected, atol=1e-5, rtol=1e-5)
+
+
+class DictPendulum(gym.ObservationWrapper):
+    """Pendulum with a dict observation: the state under "state", a constant under "bias" (left unnormalised)."""
+
+    def __init__(self) -> None:
+        super().__init__(gym.make("Pendulum-v1"))
+        self.observation_space = gym.spaces.Dict(
+            {"state": self.env.observation_space, "bias": gym.spaces.Box(-1.0, 1.0, (1,), np.float32)}
+        )
+
+    def observation(self, observation: np.ndarray) -> dict:
+        return {"state": observation, "bias": np.ones(1, np.float32)}
+
+
+def test_teacher_under_vecnormalize_sees_its_own_statistics_with_dict_observations():
+    env = VecNormalize(make_vec_env(DictPendulum, n_envs=1, seed=0), norm_obs_keys=["state"])
+    model = SelfDistillSAC("MultiInputPolicy", env, seed=0, teacher_update_interval=50, **tiny()).learn(80)
+    assert model.logger.name_to_value["distill/kl"] > 0  # the distillation steps ran on dict replay batches
+    ((_, stats),) = model.distiller.teacher.active_members()
+    assert set(stats) == {"state"} and stats["state"].count < env.obs_rms["state"].count
+    raw = {"state": np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), "bias": np.ones((4, 1), np.float32)}
+    current = {key: th.as_tensor(value) for key, value in env.normalize_obs(raw).items()}
+    seen = model._teacher_observations(current, stats)
+    expected = th.as_tensor(env._normalize_obs(raw["state"], stats["state"]), dtype=th.float32)
+    th.testing.assert_close(seen["state"], expected, atol=1e-5, rtol=1e-5)
+    assert seen["bias"] is current["bias"]
+
+
+@pytest.mark.parametrize("algo_class", [SelfDistillSAC, SelfDistillTD3], ids=IDS)
+def test_a_second_learn_that_restarts_the_step_count_keeps_refreshing(algo_class):
+    """SB3's default learn(reset_num_timesteps=True) on a trained model: env-step refreshes are due again at each
+    multiple of the interval in the new count, and the teacher's age stays its age (not negative)."""
+    model = algo_class("MlpPolicy", "Pendulum-v1", seed=0, teacher_update_interval=50, **tiny())
+    model.learn(120)
+    teacher = model.distiller.teacher
+    assert teacher.n_updates == 2 and teacher.last_update_step == 100
+    model.learn(40)  # the count restarts at 0: the old teacher is 20 + 40 steps old, and no refresh is due yet
+    assert teacher.n_updates == 2 and model.logger.name_to_value["distill/teacher_age"] == 60
+    model.learn(120)  # refreshes at 50 and 100 of the new count
+    assert teacher.n_updates == 4 and teacher.last_update_step == 100
+    assert model.logger.name_to_value["distill/teacher_age"] == 20
+
+
+def test_adaptive_weight_adapts_on_a_window_of_gradient_steps_off_policy():
+    """One gradient step per train() call: the weight adapts from the mean KL of each 20 gradient steps with a teacher
+    (here always far above the target: it doubles), not after every single-batch KL."""
+    model = SelfDistillSAC(
+        "MlpPolicy",
+        "Pendulum-v1",
+        seed=0,
+        teacher_update_interval=40,
+        distill_coef=1.0,
+        distill_target_kl=1e-12,
+        distill_coef_bounds=(1e-3, 1e6),
+        distill_relative_window=20,
+        **tiny(),
+    ).learn(150)
+    steps_with_teacher = model.distiller.gradient_steps_with_teacher
+    assert steps_with_teacher == 150 - 40 + 1  # a teacher from env step 40's train() on, one gradient step per step
+    assert model.distiller.coefficient.value(0.5) == 2.0 ** (steps_with_teacher // 20)
+    assert model.distiller.coefficient.pending_steps == steps_with_teacher % 20
+
+
+def test_sac_logs_the_student_and_teacher_std():
+    model = SelfDistillSAC("MlpPolicy", "Pendulum-v1", seed=0, teacher_update_interval=50, **tiny())
+    model.learn(90)
+    model._log_diagnostics()
+    logged = model.logger.name_to_value
+    with th.no_grad():
+        _, log_std, _ = model.actor.get_action_dist_params(model._reference_obs)
+    assert logged["distill/student_std"] == pytest.approx(log_std.exp().mean().item(), rel=1e-6)
+    assert logged["distill/teacher_std"] > 0
+
+
+def test_td3_logs_the_critic_term_of_phases_without_an_actor_update():
+    """policy_delay 2 with one gradient step per train() call: every other phase updates only the critics."""
+    model = SelfDistillTD3("MlpPolicy", "Pendulum-v1", seed=0, teacher_update_interval=50, distill_value_coef=0.5, **tiny())
+    phases = []
+    end_phase = model.distiller.end_phase
+
+    def recording_end_phase(logger, phase, *args):
+        end_phase(logger, phase, *args)
+        phases.append((bool(phase.kls), logger.name_to_value.get("distill/value_loss")))
+        logger.name_to_value.pop("distill/value_loss", None)
+
+    model.distiller.end_phase = recording_end_phase
+    model.learn(90)
+    critic_only = [value for has_actor_step, value in phases if not has_actor_step and value is not None]
+    with_actor = [value for has_actor_step, value in phases if has_actor_step]
+    assert len(critic_only) >= 10 and all(value > 0 for value in critic_only)
+    assert with_actor and all(value is not None for value in with_actor)
+
+
+def test_lagged_teacher_age_is_the_lag():
+    """The lagged teacher distils from its oldest copy: 3 gradient steps, one per env step, so 3 env steps old."""
+    model = SelfDistillSAC(
+        "MlpPolicy",
+        "Pendulum-v1",
+        seed=0,
+        teacher_mode="lagged",
+        teacher_update_unit="gradient_steps",
+        teacher_update_interval=3,
+        **tiny(),
+    ).learn(64)
+    assert model.logger.name_to_value["distill/teacher_age"] == 3
 
 
 # ----------------------------------------------------------------------------- parameters, save, load, resume

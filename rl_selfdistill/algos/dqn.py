@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from rl_selfdistill.distill.kl import q_softmax_kl
 from rl_selfdistill.distill.mixin import PhaseRecord, SelfDistillMixin
+from rl_selfdistill.distill.teacher import renormalised_for_teacher
 
 
 class SelfDistillDQN(SelfDistillMixin, DQN):
@@ -133,17 +134,9 @@ class SelfDistillDQN(SelfDistillMixin, DQN):
             value_loss = th.stack([F.mse_loss(student_q, teacher_q) for teacher_q in teacher_qs]).mean()
         return phase.record_distill(kl, value_loss)
 
-    def _teacher_observations(self, observations: th.Tensor, stats: Any) -> th.Tensor:
-        """Replay observations re-normalised with the teacher's own statistics.
-
-        The replay buffer normalises with the current statistics at sampling time, so undoing them is exact
-        except where an observation was clipped at VecNormalize's clip_obs.
-        """
-        vec_normalize = self._vec_normalize_env
-        if stats is None or vec_normalize is None:
-            return observations
-        raw = vec_normalize.unnormalize_obs(observations.cpu().numpy())
-        return th.as_tensor(vec_normalize._normalize_obs(raw, stats), dtype=observations.dtype, device=observations.device)
+    def _teacher_observations(self, observations: Any, stats: Any) -> Any:
+        """Replay observations as a teacher sees them: re-normalised with its own statistics (VecNormalize)."""
+        return renormalised_for_teacher(self._vec_normalize_env, observations, stats)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ hooks of the shared mixin
 

@@ -24,6 +24,7 @@ from torch.distributions import Distribution
 from torch.nn import functional as F
 
 from rl_selfdistill.distill.mixin import PhaseRecord, SelfDistillMixin
+from rl_selfdistill.distill.teacher import renormalised_for_teacher
 
 Member = tuple["ActorCriticParts", Any]
 
@@ -185,17 +186,9 @@ class OffPolicyActorCriticDistillMixin(SelfDistillMixin):
         """Batch-mean divergence between a teacher's and the student's ``_policy_outputs`` (logged as distill/kl)."""
         raise NotImplementedError
 
-    def _teacher_observations(self, observations: th.Tensor, stats: Any) -> th.Tensor:
-        """Replay observations re-normalised with the teacher's own statistics (as SelfDistillDQN does).
-
-        The replay buffer normalises with the current statistics at sampling time, so undoing them is exact
-        except where an observation was clipped at VecNormalize's clip_obs.
-        """
-        vec_normalize = self._vec_normalize_env  # type: ignore[attr-defined]
-        if stats is None or vec_normalize is None:
-            return observations
-        raw = vec_normalize.unnormalize_obs(observations.cpu().numpy())
-        return th.as_tensor(vec_normalize._normalize_obs(raw, stats), dtype=observations.dtype, device=observations.device)
+    def _teacher_observations(self, observations: Any, stats: Any) -> Any:
+        """Replay observations as a teacher sees them: re-normalised with its own statistics (VecNormalize)."""
+        return renormalised_for_teacher(self._vec_normalize_env, observations, stats)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ hooks of the shared mixin
 

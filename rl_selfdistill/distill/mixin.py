@@ -55,6 +55,11 @@ class SelfDistillMixin:
     #: The values this algorithm accepts for the settings that only some algorithms can use; a subclass extends them.
     supported_choices: ClassVar[dict[str, tuple[str, ...]]] = {"distill_quantile_loss": ("boltzmann",)}
 
+    #: True where an update phase is a policy iteration (an on-policy rollout's epochs): distill_target_kl then adapts
+    #: after every phase, as Schulman et al.'s adaptive KL penalty does. Off-policy, a phase is one train() call,
+    #: often a single gradient step: the weight adapts from the mean KL of every distill_relative_window gradient steps.
+    adapt_kl_each_phase: ClassVar[bool] = False
+
     distiller: Distiller
     teacher_networks: nn.ModuleList
 
@@ -90,6 +95,14 @@ class SelfDistillMixin:
     def _bind_teacher_storage(self, template: nn.Module) -> None:
         """Teacher storage shaped like `template` (the student network): empty now, filled by load or refresh."""
         self.teacher_networks = self.distiller.teacher.build_storage(template)
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        steps_before = self.num_timesteps  # type: ignore[attr-defined]
+        result = super()._setup_learn(*args, **kwargs)  # type: ignore[misc]
+        # SB3's default learn(reset_num_timesteps=True) restarts the step count at 0 on a model that has trained.
+        if self.num_timesteps < steps_before:  # type: ignore[attr-defined]
+            self.distiller.teacher.rebase_step_count(steps_before - self.num_timesteps, self.num_timesteps)  # type: ignore[attr-defined]
+        return result
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts, variables = super()._get_torch_save_params()  # type: ignore[misc]
@@ -210,7 +223,8 @@ class SelfDistillMixin:
         )
 
     def _end_distill_phase(self, phase: PhaseRecord) -> None:
-        self.distiller.end_phase(self.logger, phase, self.num_timesteps)  # type: ignore[attr-defined]
+        adapt_after = 1 if self.adapt_kl_each_phase else self.distiller.config.distill_relative_window
+        self.distiller.end_phase(self.logger, phase, self.num_timesteps, adapt_after)  # type: ignore[attr-defined]
         if getattr(self, "_reference_obs", None) is None and phase.observations is not None:
             self._reference_obs = _first_rows(phase.observations, REFERENCE_BATCH_SIZE, self.device)  # type: ignore[attr-defined]
             self._reference_greedy = None
@@ -243,6 +257,10 @@ class SelfDistillMixin:
                 self.logger.record("distill/churn", (greedy != previous).float().mean().item())  # type: ignore[attr-defined]
             self._reference_greedy = greedy
 
+    def _outputs_are_mean_and_log_std(self) -> bool:
+        """True when ``_reference_outputs`` are a diagonal Gaussian's [mean, log_std] (the diagnostics log its std)."""
+        return False
+
     def _is_discrete_output(self) -> bool:
         from gymnasium import spaces
 
@@ -253,7 +271,7 @@ class SelfDistillMixin:
             log_p = th.log_softmax(outputs / self.distiller.temperature, dim=-1)
             entropy = -(log_p.exp() * log_p).sum(dim=-1).mean()
             self.logger.record(f"distill/{who}_entropy", entropy.item())  # type: ignore[attr-defined]
-        elif outputs.shape[-1] % 2 == 0 and hasattr(self.policy, "log_std"):  # type: ignore[attr-defined]
+        elif self._outputs_are_mean_and_log_std():
             log_std = outputs.chunk(2, dim=-1)[1]
             self.logger.record(f"distill/{who}_std", log_std.exp().mean().item())  # type: ignore[attr-defined]
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch as th
 from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
 from rl_selfdistill.distill.config import DistillConfig
@@ -80,6 +82,7 @@ class Teacher:
         self._last_interval_index = 0
         self.ticks = 0
         self.obs_stats: list[Any] = []
+        self.member_steps: list[int] = []  # the env step at which each copy was taken, oldest first
         self.networks = nn.ModuleList()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -89,8 +92,18 @@ class Teacher:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self.member_steps = []  # absent from models saved before it was kept
         self.__dict__.update(state)
         self.networks = nn.ModuleList()
+
+    def distilled_member_step(self) -> int | None:
+        """The env step at which the copy the loss distils from was taken (for distill/teacher_age).
+
+        For ``lagged`` that is the oldest copy, the one ``active_members`` returns; otherwise the latest refresh.
+        """
+        if self.mode == "lagged":
+            return self.member_steps[0] if self.active_members() and self.member_steps else None
+        return self.last_update_step
 
     def build_storage(self, template: nn.Module) -> nn.ModuleList:
         """Empty-weighted copies of ``template`` for as many members as were saved, bound as storage.
@@ -130,6 +143,19 @@ class Teacher:
         """A refresh counted in env steps is due (never for the other units)."""
         return self.update_unit == "env_steps" and num_timesteps // self.update_interval > self._last_interval_index
 
+    def rebase_step_count(self, steps_removed: int, num_timesteps: int) -> None:
+        """Follow a step counter set back by ``steps_removed`` (``learn(reset_num_timesteps=True)`` on a trained model).
+
+        Without this an env-step teacher would wait until the new count passed the old one before its next refresh.
+        Refreshes are again due at each multiple of the interval in the new count, and the teacher keeps its age
+        (``last_update_step`` may go below 0: the teacher was taken before this count began).
+        """
+        if self.last_update_step is not None:
+            self.last_update_step -= steps_removed
+        self.member_steps = [step - steps_removed for step in self.member_steps]
+        if self.update_unit == "env_steps":
+            self._last_interval_index = num_timesteps // self.update_interval
+
     def tick(self, unit: str, student: nn.Module, num_timesteps: int, obs_stats: Any = None) -> bool:
         """Count one gradient step or update phase; refresh (push, for ``lagged``) when due. True if refreshed."""
         if unit != self.update_unit:
@@ -144,6 +170,7 @@ class Teacher:
         """Take the student's current weights (and observation statistics) according to the mode."""
         if self.mode != "target":
             self._refresh_copies(student, obs_stats)
+            self.member_steps = [*self.member_steps, num_timesteps][-len(self.networks) :]
         self.n_updates += 1
         self.last_update_step = num_timesteps
         if self.update_unit == "env_steps":
@@ -187,3 +214,26 @@ def _average_stats(old: Any, new: Any, tau: float) -> Any:
     averaged.mean = (1 - tau) * old.mean + tau * new.mean
     averaged.var = (1 - tau) * old.var + tau * new.var
     return averaged
+
+
+def renormalised_for_teacher(vec_normalize: VecNormalize | None, observations: Any, stats: Any) -> Any:
+    """Replay observations (normalised with the current VecNormalize statistics) re-normalised with a teacher's own.
+
+    Undoing the current statistics is exact except where an observation was clipped at VecNormalize's clip_obs.
+    Dict observations are re-normalised key by key (the keys VecNormalize normalises; the others pass unchanged).
+    """
+    if stats is None or vec_normalize is None:
+        return observations
+    if isinstance(observations, dict):
+        raw = vec_normalize.unnormalize_obs({key: value.cpu().numpy() for key, value in observations.items()})
+        keys = vec_normalize.norm_obs_keys or []
+        return {
+            key: _as_tensor_like(vec_normalize._normalize_obs(raw[key], stats[key]), value) if key in keys else value
+            for key, value in observations.items()
+        }
+    raw = vec_normalize.unnormalize_obs(observations.cpu().numpy())
+    return _as_tensor_like(vec_normalize._normalize_obs(raw, stats), observations)
+
+
+def _as_tensor_like(array: np.ndarray, like: th.Tensor) -> th.Tensor:
+    return th.as_tensor(array, dtype=like.dtype, device=like.device)
