@@ -130,8 +130,8 @@ def test_relative_weight_is_c_times_the_ratio_of_the_logged_running_means():
     logged_means = []
     original_end = model.distiller.end_phase
 
-    def end_phase(logger, phase, num_timesteps):
-        original_end(logger, phase, num_timesteps)
+    def end_phase(logger, phase, *args):
+        original_end(logger, phase, *args)
         values = logger.name_to_value
         if "distill/rl_loss_running" in values:
             logged_means.append((phase.coef, values["distill/rl_loss_running"], values["distill/distill_loss_running"]))

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from rl_selfdistill.algos.buffers import IndexedDictRolloutBuffer, IndexedRolloutBuffer
 from rl_selfdistill.distill.mixin import PhaseRecord, SelfDistillMixin
-from rl_selfdistill.distill.policy_kl import PolicyKL
+from rl_selfdistill.distill.policy_kl import GAUSSIAN_TYPES, PolicyKL
 from rl_selfdistill.errors import UsageError
 
 # Rollouts are pushed through the teacher in chunks of this many samples: one pass per chunk,
@@ -35,6 +35,8 @@ Observations = th.Tensor | dict[str, th.Tensor]
 
 class OnPolicyDistillMixin(SelfDistillMixin):
     """Mixed in before an SB3 on-policy algorithm with an ``ActorCriticPolicy``: the teacher is a copy of the policy."""
+
+    adapt_kl_each_phase = True  # a phase is one policy iteration (a rollout's epochs)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._rollout_teacher: tuple[th.Tensor, th.Tensor | None] | None = None
@@ -210,6 +212,9 @@ class OnPolicyDistillMixin(SelfDistillMixin):
     def _reference_outputs(self, network: Any, observations: Any) -> th.Tensor:
         """Flat distribution parameters of `network` on the diagnostics' reference observations."""
         return self.policy_kl.params(network, network.get_distribution(observations))
+
+    def _outputs_are_mean_and_log_std(self) -> bool:
+        return self.policy_kl.distribution_type in GAUSSIAN_TYPES
 
     def _reset_prefixes(self) -> tuple[str, ...]:
         return ("",) if self.distiller.config.reset_parts == "all" else ("action_net.", "value_net.", "log_std")

@@ -53,6 +53,9 @@ class SelfDistillSAC(OffPolicyActorCriticDistillMixin, SAC):
             return th.cat([mean, sde_log_std(actor, extra["latent_sde"])], dim=-1)
         return th.cat([mean, log_std], dim=-1)
 
+    def _outputs_are_mean_and_log_std(self) -> bool:
+        return True  # the pre-squash Gaussian's [mean, log_std] (_policy_outputs); the log_std lives on the actor
+
     def _policy_divergence(self, teacher: th.Tensor, student: th.Tensor) -> th.Tensor:
         return self.policy_kl.per_sample(teacher, student).mean()
 

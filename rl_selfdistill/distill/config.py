@@ -79,7 +79,9 @@ class DistillConfig:
         "fixed: the weight is distill_coef; relative: distill_coef x mean|L_RL| / mean L_distill",
     )
     distill_relative_window: int = _setting(
-        100, v.int_at_least(1), "gradient steps in the running means of the relative weight"
+        100,
+        v.int_at_least(1),
+        "gradient steps in the relative weight's running means (off-policy: also in one target-KL adaptation)",
     )
     distill_warmup: int = _setting(0, v.int_at_least(0), "gradient steps with a teacher before the relative weight starts")
     distill_lr_scaled: bool = _setting(False, v.boolean, "multiply the weight by the learning-rate schedule's fraction")

@@ -152,17 +152,21 @@ class Distiller:
 
     # ------------------------------------------------------------------ end of a phase
 
-    def end_phase(self, logger: Logger, phase: PhaseRecord, num_timesteps: int) -> None:
+    def end_phase(self, logger: Logger, phase: PhaseRecord, num_timesteps: int, adapt_after: int = 1) -> None:
         """Log one update phase (a PPO rollout's epochs, a DQN ``train()`` call), update running means and adapt.
 
-        Like SB3's ``train/`` keys, each logged loss is the mean over the phase's gradient steps.
+        Like SB3's ``train/`` keys, each logged loss is the mean over the phase's gradient steps. An adaptive weight
+        (distill_target_kl) adapts once the phases since its last change hold ``adapt_after`` gradient steps' KLs.
         """
         logger.record("distill/teacher_updates", self.teacher.n_updates)
-        if self.teacher.last_update_step is not None:
-            logger.record("distill/teacher_age", num_timesteps - self.teacher.last_update_step)
+        taken_at = self.teacher.distilled_member_step()
+        if taken_at is not None:
+            logger.record("distill/teacher_age", num_timesteps - taken_at)
         logger.record("distill/coef", phase.coef)
         for name, value in self.last_factors.items():
             logger.record(f"distill/coef_{name}", value)
+        if phase.value_losses:  # also a phase that updated only the critics (TD3's delayed actor)
+            logger.record("distill/value_loss", float(np.mean(_means(phase.value_losses))))
         if not phase.kls:
             return
         kls, distill_losses, rl_losses = _means(phase.kls), _means(phase.distill_losses), phase.rl_losses
@@ -172,11 +176,9 @@ class Distiller:
         mean_kl = float(np.mean(kls))
         logger.record("distill/kl", mean_kl)
         logger.record("distill/loss", phase.coef * float(np.mean(distill_losses)))
-        if phase.value_losses:
-            logger.record("distill/value_loss", float(np.mean(_means(phase.value_losses))))
         if rl_losses:
             logger.record("distill/loss_ratio", phase.coef * float(np.mean(distill_losses)) / max(np.mean(rl_losses), 1e-12))
         if self.config.distill_coef_mode == "relative":
             logger.record("distill/rl_loss_running", float(np.mean(self.rl_loss_window)))
             logger.record("distill/distill_loss_running", float(np.mean(self.distill_loss_window)))
-        self.coefficient.update(mean_kl)
+        self.coefficient.update(kls, adapt_after)
