@@ -216,3 +216,34 @@ def test_bad_arguments_fail_at_construction(kwargs, match):
     env = kwargs.pop("env", "CartPole-v1")
     with pytest.raises(UsageError, match=match):
         SelfDistillPPO("MlpPolicy", env, **kwargs, **PPO_TINY)
+
+
+def count_distilled_and_taken_steps(model) -> tuple[list[int], list[int]]:
+    """Per update phase: the gradient steps the distill/* records hold, and the optimizer steps taken."""
+    recorded, taken = [], []
+    step, end_phase = model.policy.optimizer.step, model.distiller.end_phase
+
+    def counting_step(*args, **kwargs):
+        taken[-1] += 1
+        return step(*args, **kwargs)
+
+    def recording_end_phase(logger, phase, *args):
+        recorded.append(len(phase.kls))
+        taken.append(0)
+        end_phase(logger, phase, *args)
+
+    taken.append(0)
+    model.policy.optimizer.step = counting_step
+    model.distiller.end_phase = recording_end_phase
+    return recorded, taken
+
+
+def test_a_minibatch_stopped_by_target_kl_adds_nothing_to_the_distillation_records():
+    model = SelfDistillPPO(
+        "MlpPolicy", "CartPole-v1", seed=0, teacher_update_interval=64, target_kl=1e-5, **{**PPO_TINY, "batch_size": 16}
+    )
+    recorded, taken = count_distilled_and_taken_steps(model)
+    model.learn(64 * 4)
+    with_teacher = [(kls, steps) for kls, steps in zip(recorded, taken[:-1]) if kls]
+    assert len(with_teacher) == 3 and any(steps < 8 for _, steps in with_teacher)  # the early stop happened
+    assert all(kls == steps for kls, steps in with_teacher)

@@ -456,3 +456,14 @@ def test_sd_trpo_learns_cartpole(seed):
     best = learns(model, "CartPole-v1", seed, threshold=TRPO_THRESHOLD, budget=hyperparams["n_timesteps"])
     assert model.distiller.teacher.n_updates >= 1
     assert best >= TRPO_THRESHOLD
+
+
+def test_recurrent_minibatch_stopped_by_target_kl_adds_nothing_to_the_distillation_records():
+    from tests.test_algos import count_distilled_and_taken_steps
+
+    model = lstm_model(teacher_update_interval=32, target_kl=1e-9, batch_size=8, learning_rate=1e-2)
+    recorded, taken = count_distilled_and_taken_steps(model)
+    model.learn(32 * 4)
+    with_teacher = [(kls, steps) for kls, steps in zip(recorded, taken[:-1]) if kls]
+    assert len(with_teacher) == 3 and any(steps < 8 for _, steps in with_teacher)  # the early stop happened
+    assert all(kls == steps for kls, steps in with_teacher)

@@ -85,8 +85,6 @@ class SelfDistillPPO(OnPolicyDistillMixin, PPO):
 
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
 
-                loss = self._with_distill_term(phase, loss, pg_losses[-1], buffer.last_batch_indices, values)
-
                 # Approximate reverse KL to the behaviour policy for early stopping (SB3 issue #417).
                 with th.no_grad():
                     log_ratio = log_prob - rollout_data.old_log_prob
@@ -98,6 +96,9 @@ class SelfDistillPPO(OnPolicyDistillMixin, PPO):
                     if self.verbose >= 1:
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
                     break
+
+                # After the early stop: a minibatch that takes no step adds nothing to the distill/* records.
+                loss = self._with_distill_term(phase, loss, pg_losses[-1], buffer.last_batch_indices, values)
 
                 self.policy.optimizer.zero_grad()
                 loss.backward()

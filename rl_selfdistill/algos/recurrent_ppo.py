@@ -299,8 +299,6 @@ class SelfDistillRecurrentPPO(OnPolicyDistillMixin, RecurrentPPO):
 
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
 
-                loss = self._with_distill_term(phase, loss, pg_losses[-1], buffer.last_padded_rows, values)
-
                 # Approximate reverse KL to the behaviour policy for early stopping (SB3 issue #417).
                 with th.no_grad():
                     log_ratio = log_prob - rollout_data.old_log_prob
@@ -312,6 +310,9 @@ class SelfDistillRecurrentPPO(OnPolicyDistillMixin, RecurrentPPO):
                     if self.verbose >= 1:
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
                     break
+
+                # After the early stop: a minibatch that takes no step adds nothing to the distill/* records.
+                loss = self._with_distill_term(phase, loss, pg_losses[-1], buffer.last_padded_rows, values)
 
                 self.policy.optimizer.zero_grad()
                 loss.backward()
