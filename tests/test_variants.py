@@ -264,6 +264,25 @@ def test_teacher_under_vecnormalize_sees_its_own_statistics():
     assert np.all(np.abs(raw[:, :2]) <= 1.0 + 1e-6)
 
 
+def test_set_env_takes_the_raw_observations_from_the_new_env():
+    """After set_env, the raw observations the teacher re-normalises come from the new env's VecNormalize, and from
+    none when the new env has no VecNormalize (the teacher then sees the buffer's observations, as documented)."""
+    first = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=0))
+    model = SelfDistillPPO("MlpPolicy", first, seed=0, teacher_update_interval=64, **PPO_TINY).learn(128)
+    second = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=1))
+    second.obs_rms = first.obs_rms.copy()
+    second.training = False  # frozen statistics: normalising the raw rows must give the buffer's rows exactly
+    model.set_env(second)
+    model.learn(64)
+    raw = model.rollout_buffer.flat_raw_observations()
+    observations = model._flat_rollout_observations(model.rollout_buffer)
+    np.testing.assert_allclose(second._normalize_obs(raw, second.obs_rms), observations, atol=1e-6)
+    assert len(np.unique(raw, axis=0)) == len(raw)  # one row per step, not the old env's last observation repeated
+    model.set_env(make_vec_env("Pendulum-v1", n_envs=2, seed=2))
+    model.learn(64)
+    assert model.rollout_buffer.flat_raw_observations() is None
+
+
 def logged_rows(model, tmp_path, steps: int) -> pd.DataFrame:
     """Train with a CSV logger and read back what each log line held."""
     model.set_logger(configure(str(tmp_path), ["csv"]))

@@ -29,10 +29,12 @@ class IndexedRolloutBuffer(RolloutBuffer):
 
     def reset(self) -> None:
         super().reset()
-        if self.raw_observation_source is not None:
-            self.raw_observations = np.zeros_like(self.observations)
-            # Nothing has stepped yet this rollout: the source holds the raw form of the first observation added.
-            self._pending_raw = np.array(self.raw_observation_source())
+        if self.raw_observation_source is None:  # e.g. set_env to an env without VecNormalize: keep nothing stale
+            self.raw_observations = self._pending_raw = None
+            return
+        self.raw_observations = np.zeros_like(self.observations)
+        # Nothing has stepped yet this rollout: the source holds the raw form of the first observation added.
+        self._pending_raw = np.array(self.raw_observation_source())
 
     def add(self, obs: np.ndarray, *args: object, **kwargs: object) -> None:
         if self.raw_observations is not None and self._pending_raw is not None and self.raw_observation_source is not None:

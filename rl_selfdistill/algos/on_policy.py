@@ -64,9 +64,16 @@ class OnPolicyDistillMixin(SelfDistillMixin):
 
     def _connect_raw_observations(self) -> None:
         """Under VecNormalize the buffer also keeps raw observations, which a teacher normalises with its own statistics."""
+        if not isinstance(self.rollout_buffer, IndexedRolloutBuffer):
+            return
         vec_normalize = self.get_vec_normalize_env()
-        if vec_normalize is not None and vec_normalize.norm_obs and isinstance(self.rollout_buffer, IndexedRolloutBuffer):
-            self.rollout_buffer.raw_observation_source = vec_normalize.get_original_obs
+        normalises = vec_normalize is not None and vec_normalize.norm_obs
+        self.rollout_buffer.raw_observation_source = vec_normalize.get_original_obs if normalises else None
+
+    def set_env(self, env: Any, force_reset: bool = True) -> None:
+        super().set_env(env, force_reset)  # type: ignore[misc]
+        if self.distiller.enabled:  # the raw observations must come from the new env's VecNormalize, if any
+            self._connect_raw_observations()
 
     def _indexed_buffer_class(self) -> type[RolloutBuffer] | type[DictRolloutBuffer]:
         """The rollout buffer class to use: SB3's, recording batch indices for the teacher rows."""
