@@ -142,7 +142,7 @@ def test_qrdqn_kl_is_zero_right_after_a_hard_snapshot():
     assert model.logger.name_to_value["distill/kl"] == 0.0
 
 
-@pytest.mark.parametrize("loss", ["boltzmann", "quantile_huber"])
+@pytest.mark.parametrize("loss", ["boltzmann", "quantile", "quantile_huber"])
 def test_qrdqn_logs_a_positive_term_once_the_teacher_moved(loss):
     model = SelfDistillQRDQN(
         "MlpPolicy", "CartPole-v1", seed=0, teacher_update_interval=300, distill_quantile_loss=loss, **QRDQN_TINY
@@ -159,6 +159,37 @@ def test_quantile_huber_term_is_qrdqns_loss_on_each_actions_quantiles():
     # Reference: QR-DQN's loss (student quantiles of action a against the teacher's of action a), averaged over actions.
     expected = th.stack([quantile_huber_loss(student[:, :, a], teacher[:, :, a]) for a in range(2)]).mean()
     th.testing.assert_close(model._distribution_loss(teacher, student), expected, atol=1e-6, rtol=0)
+
+
+def test_quantile_term_is_the_quantile_regression_loss_of_each_actions_quantiles():
+    model = SelfDistillQRDQN("MlpPolicy", "CartPole-v1", distill_quantile_loss="quantile", **QRDQN_TINY)
+    generator = th.Generator().manual_seed(5)
+    teacher, student = th.randn(4, 6, 2, generator=generator), th.randn(4, 6, 2, generator=generator)
+    expected = 0.0  # rho_tau(u) = u (tau - 1{u < 0}), written out term by term
+    for b, a, i, j in np.ndindex(4, 2, 6, 6):
+        u = (teacher[b, j, a] - student[b, i, a]).item()
+        expected += u * ((i + 0.5) / 6 - (u < 0)) / 6  # averaged over the teacher's quantiles j
+    th.testing.assert_close(model._distribution_loss(teacher, student).item(), expected / (4 * 2), atol=1e-6, rtol=0)
+
+
+def test_quantile_loss_is_smallest_at_the_teachers_quantiles_and_the_huber_loss_is_not():
+    """The quantile regression loss is minimal where each student quantile is the teacher's quantile at the same
+    level (the teacher's values sorted); QR-DQN's quantile Huber loss is lower with the outer quantiles moved in."""
+    taus = (th.arange(10, dtype=th.float64) + 0.5) / 10
+    quantiles = th.distributions.Normal(0.0, 3.0).icdf(taus)
+    teacher = quantiles[th.randperm(10, generator=th.Generator().manual_seed(0))].view(1, 10, 1)  # any order
+    at_teacher = quantiles.view(1, 10, 1)
+    quantile = SelfDistillQRDQN("MlpPolicy", "CartPole-v1", distill_quantile_loss="quantile", **QRDQN_TINY)
+    huber = SelfDistillQRDQN("MlpPolicy", "CartPole-v1", distill_quantile_loss="quantile_huber", **QRDQN_TINY)
+    best = quantile._distribution_loss(teacher, at_teacher)
+    for i, step in np.ndindex(10, 2):
+        moved = at_teacher.clone()
+        moved[0, i, 0] += (-0.05, 0.05)[step]
+        assert quantile._distribution_loss(teacher, moved) > best
+    inward = at_teacher.clone()
+    inward[0, 0, 0] += 0.3
+    inward[0, -1, 0] -= 0.3
+    assert huber._distribution_loss(teacher, inward) < huber._distribution_loss(teacher, at_teacher)
 
 
 def test_qrdqn_teacher_is_frozen_independent_and_gets_no_gradient():
@@ -208,6 +239,11 @@ def test_quantile_loss_is_refused_where_it_does_not_apply():
         resolve_hyperparams("sd_dqn", "CartPole-v1", overrides={"distill_quantile_loss": "quantile_huber"})
     with pytest.raises(UsageError, match="no direction or temperature"):
         SelfDistillQRDQN("MlpPolicy", "CartPole-v1", distill_quantile_loss="quantile_huber", kl_direction="reverse")
+    with pytest.raises(UsageError, match="quantile distillation loss has no direction or temperature"):
+        SelfDistillQRDQN("MlpPolicy", "CartPole-v1", distill_quantile_loss="quantile", distill_temperature=2.0)
+    for loss in ("quantile", "quantile_huber"):  # neither is 0 at a fresh copy: no KL target to adapt towards
+        with pytest.raises(UsageError, match=f"distill_target_kl needs a KL that is 0 at a fresh copy; the {loss} loss"):
+            SelfDistillQRDQN("MlpPolicy", "CartPole-v1", distill_quantile_loss=loss, distill_target_kl=0.01)
     assert resolve_hyperparams("sd_qrdqn", "CartPole-v1", overrides={"distill_quantile_loss": "quantile_huber"})
 
 

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from rl_selfdistill.algos.dqn import SelfDistillDQN
 from rl_selfdistill.distill.config import QUANTILE_LOSSES
-from rl_selfdistill.distill.kl import quantile_softmax_kl
+from rl_selfdistill.distill.kl import quantile_regression_loss, quantile_softmax_kl
 from rl_selfdistill.distill.mixin import PhaseRecord, SelfDistillMixin
 
 
@@ -23,10 +23,11 @@ class SelfDistillQRDQN(SelfDistillMixin, QRDQN):
     On each sampled replay batch the loss gains ``distill_coef`` times, with the default
     ``distill_quantile_loss="boltzmann"``, ``mean_batch KL(softmax(Q_teacher / T) || softmax(Q_student / T))``
     where Q is the mean of a network's quantiles (the values QR-DQN acts on), as in ``SelfDistillDQN``.
-    ``distill_quantile_loss="quantile_huber"`` distils the whole return distribution instead: the student's
-    quantiles of every action regress on the teacher's quantiles of that action with QR-DQN's own quantile
-    Huber loss (summed over the student's quantiles, averaged over the teacher's, the actions and the batch).
-    That loss is smallest, not 0, when the student's quantiles equal the teacher's.
+    ``distill_quantile_loss="quantile"`` distils the whole return distribution instead: the student's quantiles of
+    every action regress on the teacher's quantiles of that action with the quantile regression loss (summed over
+    the student's quantiles, averaged over the teacher's, the actions and the batch), smallest, not 0, where the
+    student's quantiles are the teacher's (sorted). ``"quantile_huber"`` uses QR-DQN's quantile Huber loss instead,
+    whose minimum sits inside the teacher's outer quantiles (docs/algorithms.md).
 
     Takes every ``QRDQN`` argument plus the distillation keywords of
     ``rl_selfdistill.distill.config.DistillConfig``. ``teacher_mode="target"`` makes the target quantile
@@ -168,7 +169,10 @@ class SelfDistillQRDQN(SelfDistillMixin, QRDQN):
 
     def _distribution_loss(self, teacher_quantiles: th.Tensor, student_quantiles: th.Tensor) -> th.Tensor:
         """The batch-mean distance of the student's quantiles from one teacher's (logged as distill/kl)."""
-        if self.distiller.config.distill_quantile_loss == "quantile_huber":
+        loss = self.distiller.config.distill_quantile_loss
+        if loss == "quantile":
+            return quantile_regression_loss(teacher_quantiles, student_quantiles)
+        if loss == "quantile_huber":
             # [batch, n_actions, n_quantiles]: each action's quantiles are one set, as the critics of TQC's loss.
             return quantile_huber_loss(student_quantiles.transpose(1, 2), teacher_quantiles.transpose(1, 2))
         temperature, direction = self.distiller.temperature, self.distiller.direction

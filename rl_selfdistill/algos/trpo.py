@@ -1,6 +1,6 @@
 """SelfDistillTRPO: sb3-contrib's TRPO with the distillation term inside the surrogate it maximises.
 
-TRPO maximises a surrogate L(theta) = mean(A * ratio) under a trust region KL(pi_old || pi_theta) <= target_kl:
+TRPO maximises a surrogate L(theta) = mean(A * ratio) under a trust region KL(pi_theta || pi_old) <= target_kl:
 one natural-gradient direction (conjugate gradients on the Fisher matrix of that KL), then a backtracking line
 search that accepts the first step that keeps the KL inside the region and improves the surrogate. Here the
 surrogate becomes

@@ -23,7 +23,7 @@ KL_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
 COEF_MODES: tuple[str, ...] = ("fixed", "relative")
 GAUSSIAN_TARGETS: tuple[str, ...] = ("full", "mean_mse", "mean_kl")
 RESET_PARTS: tuple[str, ...] = ("all", "heads")
-QUANTILE_LOSSES: tuple[str, ...] = ("boltzmann", "quantile_huber")
+QUANTILE_LOSSES: tuple[str, ...] = ("boltzmann", "quantile", "quantile_huber")
 MAX_LAG = 1000  # a lagged teacher stores lag + 1 copies of the network
 
 
@@ -93,7 +93,8 @@ class DistillConfig:
     distill_quantile_loss: str = _setting(
         "boltzmann",
         v.choice(*QUANTILE_LOSSES),
-        "QR-DQN: boltzmann = KL of softmax(mean quantile / T) | quantile_huber = quantile Huber loss to teacher quantiles",
+        "QR-DQN: boltzmann = KL of softmax(mean quantile / T) | quantile = quantile regression loss to teacher quantiles"
+        " | quantile_huber = QR-DQN's quantile Huber loss to them",
     )
     distill_value_coef: float = _setting(0.0, v.float_in(0.0), "weight of the MSE to the teacher's values / Q-values")
     reset_parts: str = _setting("all", v.choice(*RESET_PARTS), "reset mode: re-initialise the whole network or its heads")
@@ -140,13 +141,17 @@ class DistillConfig:
             lag = values.get("teacher_update_interval", 20_000)
             if lag > MAX_LAG:
                 raise UsageError(f"a lagged teacher keeps lag + 1 network copies; teacher_update_interval {lag} > {MAX_LAG}")
-        if values.get("distill_quantile_loss") == "quantile_huber" and (
+        quantile_loss = values.get("distill_quantile_loss", "boltzmann")
+        if quantile_loss != "boltzmann" and (
             values.get("kl_direction", "forward") != "forward" or values.get("distill_temperature", 1.0) != 1.0
         ):
             raise UsageError(
-                "the quantile_huber distillation loss has no direction or temperature; "
+                f"the {quantile_loss} distillation loss has no direction or temperature; "
                 "drop kl_direction and distill_temperature, or use distill_quantile_loss: boltzmann"
             )
+        if quantile_loss != "boltzmann" and values.get("distill_target_kl") is not None:
+            # Not 0 at a fresh copy (it is the spread of the teacher's distribution): a target KL would be meaningless.
+            raise UsageError(f"distill_target_kl needs a KL that is 0 at a fresh copy; the {quantile_loss} loss is not")
         if callable(coef):
             schedule: Callable[[float], float] = parse_schedule(coef, "distill_coef")
             if schedule(1.0) < 0 or schedule(0.0) < 0:

@@ -201,3 +201,21 @@ def quantile_softmax_kl(
     """KL between the Boltzmann policies of two quantile networks ``[batch, n_quantiles, n_actions]``: softmax over
     the mean of the quantiles (the Q-values a QR-DQN acts on) divided by the temperature."""
     return q_softmax_kl(teacher_quantiles.mean(dim=1), student_quantiles.mean(dim=1), temperature, direction, reduction)
+
+
+def quantile_regression_loss(teacher_quantiles: th.Tensor, student_quantiles: th.Tensor) -> th.Tensor:
+    """The quantile regression (pinball) loss of a student's quantiles towards a teacher's, batch-mean.
+
+    Both are ``[batch, n_quantiles, n_actions]``; each action's quantiles are one distribution. Student quantile i
+    (at tau_i = (i + 1/2) / N, QR-DQN's midpoints) regresses on every teacher quantile j with
+    rho_tau(u) = u (tau - 1{u < 0}), u = teacher_j - student_i, summed over i, averaged over j and the actions.
+    Its minimum is at the teacher's quantile function: the tau_i-quantile of N equally weighted teacher quantiles is
+    the i-th smallest, since tau_i lies strictly between i/N and (i + 1)/N. QR-DQN's quantile Huber loss (threshold
+    1) lacks that property: its minimum pulls the outer quantiles inwards.
+    """
+    n_quantiles = student_quantiles.shape[1]
+    taus = (th.arange(n_quantiles, device=student_quantiles.device, dtype=student_quantiles.dtype) + 0.5) / n_quantiles
+    # [batch, student i, teacher j, actions]
+    errors = teacher_quantiles.unsqueeze(1) - student_quantiles.unsqueeze(2)
+    weights = taus.view(1, -1, 1, 1) - (errors.detach() < 0).to(errors.dtype)
+    return (weights * errors).mean(dim=2).sum(dim=1).mean()
