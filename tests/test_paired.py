@@ -86,7 +86,7 @@ def test_runs_are_paired_by_seed_and_unpaired_seeds_are_left_out():
     assert result.p_value == 1.0 and result.exact  # |+-2 +-1| / 2 >= 0.5 for every pattern
 
 
-def write_run(out, algo, env_id, seed, final_return, n_timesteps=1000, wall_clock_s=1.0, cpu_time_s=None):
+def write_run(out, algo, env_id, seed, final_return, n_timesteps=1000, wall_clock_s=1.0, cpu_time_s=None, resumes=()):
     run_dir = out / "runs" / algo / env_id / f"seed{seed}"
     run_dir.mkdir(parents=True)
     steps = np.linspace(100, n_timesteps, 10).astype(int)
@@ -97,6 +97,8 @@ def write_run(out, algo, env_id, seed, final_return, n_timesteps=1000, wall_cloc
     info |= {"num_timesteps_done": n_timesteps, "wall_clock_s": wall_clock_s}
     if cpu_time_s is not None:
         info["cpu_time_s"] = cpu_time_s
+    if resumes:
+        info["resumes"] = list(resumes)
     (run_dir / "run.json").write_text(json.dumps(info))
 
 
@@ -143,3 +145,26 @@ def test_report_gives_the_cost_of_each_seed_pair(tmp_path):
     assert "| EnvA-v0 | sd_ppo | ppo | 3 | 2.50x [1.50, 3.50] | 1.20x [1.20, 1.20] |" in markdown
     assert "| EnvB-v0 | sd_ppo | ppo | 1 | 1.20x [1.20, 1.20] | not recorded |" in markdown
     assert "| EnvC-v0 | sd_ppo | ppo | 2 | 1.50x [1.00, 2.00] | 1.25x [1.25, 1.25] (1 pair) |" in markdown
+
+
+def test_a_pair_resumed_with_other_threads_is_left_out_of_the_cost(tmp_path):
+    """A run resumed with another torch thread count mixes two speeds: its pair leaves the ratios, and says so."""
+    out = tmp_path / "bench"
+    threads_changed = [{"step": 500, "at": "2026-12-07T17:36:35+00:00", "changes": {"num_threads": 1}}]
+    same_settings = [{"step": 300, "at": "2026-12-07T12:00:00+00:00", "changes": {}}]
+    write_run(out, "ppo", "EnvA-v0", 0, 100.0, wall_clock_s=20.0, cpu_time_s=30.0, resumes=threads_changed)
+    write_run(out, "sd_ppo", "EnvA-v0", 0, 100.0, wall_clock_s=10.0, cpu_time_s=10.0)
+    write_run(out, "ppo", "EnvA-v0", 1, 100.0, wall_clock_s=10.0, cpu_time_s=10.0, resumes=same_settings)
+    write_run(out, "sd_ppo", "EnvA-v0", 1, 100.0, wall_clock_s=11.0, cpu_time_s=12.0)
+    write_run(out, "ppo", "EnvB-v0", 0, 100.0, wall_clock_s=10.0, cpu_time_s=10.0)
+    write_run(out, "sd_ppo", "EnvB-v0", 0, 100.0, wall_clock_s=11.0, cpu_time_s=12.0, resumes=threads_changed)
+    refs = {env: Reference(0.0, 200.0) for env in ("EnvA-v0", "EnvB-v0")}
+    summary = json.loads(write_report(out, references=refs, reps=100).summary.read_text())
+    by_env = {row["env_id"]: row for row in summary["cost"]["per_env"]}
+    assert (by_env["EnvA-v0"]["seeds"], by_env["EnvA-v0"]["mixed_speed_seeds"]) == ([1], [0])
+    assert by_env["EnvA-v0"]["cpu_time_ratios"] == pytest.approx([1.2])
+    assert (by_env["EnvB-v0"]["seeds"], by_env["EnvB-v0"]["cpu_time"]) == ([], None)
+    markdown = (out / "report.md").read_text()
+    left_out = "+ 1 left out (threads or device changed)"
+    assert f"| EnvA-v0 | sd_ppo | ppo | 1 {left_out} | 1.10x [1.10, 1.10] | 1.20x [1.20, 1.20] |" in markdown
+    assert f"| EnvB-v0 | sd_ppo | ppo | 0 {left_out} | not recorded | not recorded |" in markdown

@@ -51,6 +51,8 @@ class RunResult:
     timesteps_done: int | None = None
     wall_clock_s: float | None = None
     cpu_time_s: float | None = None  # recorded by runs since 2026-12-07; None in older run.json files
+    # Settings that set the speed (torch threads, device) changed at a resume: the run's times mix two speeds.
+    timing_changed: list[str] = field(default_factory=list)
     score: float | None = None
     problem: str | None = None
     evals: pd.DataFrame | None = field(default=None, repr=False)
@@ -107,6 +109,16 @@ def read_evals(run_dir: Path) -> pd.DataFrame | None:
     return evals.sort_values("timesteps").reset_index(drop=True)
 
 
+# The resumable settings that change how fast a run trains (run.json's resumes record each change).
+TIMING_SETTINGS = ("num_threads", "device")
+
+
+def timing_settings_changed(info: dict[str, Any]) -> list[str]:
+    """The speed-setting keys that a resume of this run changed (run.json ``resumes[*].changes``)."""
+    changed = {key for resume in info.get("resumes") or [] for key in (resume.get("changes") or {})}
+    return sorted(changed & set(TIMING_SETTINGS))
+
+
 def load_run(out: Path, spec: RunSpec) -> RunResult:
     """Read one cell; every way it can be unusable ends up in `problem`, never in an exception."""
     run_dir = spec.run_dir(out)
@@ -119,6 +131,7 @@ def load_run(out: Path, spec: RunSpec) -> RunResult:
     result.timesteps_done = info.get("num_timesteps_done")
     result.wall_clock_s = info.get("wall_clock_s")
     result.cpu_time_s = info.get("cpu_time_s")
+    result.timing_changed = timing_settings_changed(info)
     result.evals = read_evals(run_dir)
     result.score, result.problem = _score_or_problem(result)
     return result

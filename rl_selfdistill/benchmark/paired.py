@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -149,7 +149,8 @@ COST_DEFINITION = (
     "Cost paired by seed: per env, the ratio SD / base of each seed pair's training wall-clock and of the training "
     "process's CPU time (envs in subprocesses not counted), over the scored pairs (for CPU time, those whose two runs "
     "recorded it); shown: the median ratio and the range. Wall-clock swings with other load on a shared machine; CPU "
-    "time is the steadier figure."
+    "time is the steadier figure. A pair is left out when either run was resumed with other torch threads or another "
+    "device (its times mix two speeds); the pairs column counts them after a +."
 )
 
 
@@ -162,6 +163,7 @@ class PairedCost:
     wall_clock_ratios: list[float]
     cpu_time_seeds: list[int]  # the pairs whose two runs both recorded their CPU time (older run.json files lack it)
     cpu_time_ratios: list[float]
+    mixed_speed_seeds: list[int] = field(default_factory=list)  # left out: threads or device changed at a resume
 
     def as_dict(self) -> dict[str, Any]:
         summaries = {"wall_clock": _ratio_summary(self.wall_clock_ratios), "cpu_time": _ratio_summary(self.cpu_time_ratios)}
@@ -184,7 +186,9 @@ def paired_costs(results: list[Any], pairs: list[tuple[str, str]]) -> list[Paire
     """Per (SD algo, base) pair and env, the cost ratios of the seed pairs where both runs were scored."""
     out = []
     for env_id, algo, base, mine, theirs in scored_runs_by_seed(results, pairs):
-        seeds, wall = _ratios(mine, theirs, "wall_clock_s")
-        if seeds:
-            out.append(PairedCost(env_id, algo, base, seeds, wall, *_ratios(mine, theirs, "cpu_time_s")))
+        mixed = sorted(s for s in set(mine) & set(theirs) if mine[s].timing_changed or theirs[s].timing_changed)
+        comparable = {seed: run for seed, run in mine.items() if seed not in mixed}
+        seeds, wall = _ratios(comparable, theirs, "wall_clock_s")
+        if seeds or mixed:
+            out.append(PairedCost(env_id, algo, base, seeds, wall, *_ratios(comparable, theirs, "cpu_time_s"), mixed))
     return out

@@ -116,8 +116,7 @@ def _md_cost(summary: dict[str, Any]) -> str:
         return ""
     columns = ["env", "X", "Y", "pairs", "wall-clock X / Y: median [range]", "CPU time X / Y: median [range]"]
     table = [
-        [row["env_id"], row["algo"], row["base"], str(len(row["seeds"])), _ratio(row["wall_clock"]), _cpu_ratio(row)]
-        for row in rows
+        [row["env_id"], row["algo"], row["base"], _cost_pairs(row), _ratio(row["wall_clock"]), _cpu_ratio(row)] for row in rows
     ]
     return _pairs_section("Cost, paired by seed (SD / base)", columns, table, summary["cost"]["definition"])
 
@@ -127,6 +126,12 @@ def _pairs_section(title: str, columns: list[str], table: list[list[str]], defin
     lines = [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table]
     return "\n".join([*lines, "", definition])
+
+
+def _cost_pairs(row: dict[str, Any]) -> str:
+    """The pairs behind a cost row, and those left out because a resume changed their speed settings."""
+    mixed = row.get("mixed_speed_seeds") or []
+    return str(len(row["seeds"])) + (f" + {len(mixed)} left out (threads or device changed)" if mixed else "")
 
 
 def _cpu_ratio(row: dict[str, Any]) -> str:
