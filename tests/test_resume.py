@@ -413,3 +413,18 @@ def test_resume_refuses_options_that_would_make_another_run(tmp_path: Path, isol
     (line,) = capsys.readouterr().err.splitlines()
     assert f"is at step {CHECKPOINT_STEP}: a new budget must be larger, got {CHECKPOINT_STEP}" in line
     assert before == {name: (copy_dir / name).read_bytes() for name in before}
+
+
+def test_a_resume_restarts_the_clocks_from_its_checkpoint(tmp_path: Path, isolated_home: Path):
+    """After a crash, the steps trained past the last checkpoint are redone: their time must count once. Each
+    checkpoint records the run's clocks, and a resume starts from them, not from run.json's later values."""
+    from rl_selfdistill.run.training import _restore
+
+    whole = run_training(_request("sd_ppo", tmp_path / "whole", n_timesteps=1024, save_freq=256))
+    finished = json.loads((whole / "run.json").read_text())
+    copy_dir = interrupted_copy(whole, tmp_path / "copy", 512)  # run.json still holds the clocks at 1024
+    (checkpoint,) = [path for path in list_checkpoints(copy_dir) if path.name.endswith("512")]
+    clocks = json.loads((checkpoint / "meta.json").read_text())["clocks"]
+    assert 0 < clocks["cpu_time_s"] < finished["cpu_time_s"] and 0 < clocks["wall_clock_s"] < finished["wall_clock_s"]
+    run = _restore(copy_dir, callbacks=None, extra_tags=None, changes={}, command=None)
+    assert (run._clock_base, run._cpu_base) == (clocks["wall_clock_s"], clocks["cpu_time_s"])

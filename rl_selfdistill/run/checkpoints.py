@@ -5,7 +5,7 @@ checkpoints/ckpt_<step, 12 digits>/
   vecnormalize.pkl   VecNormalize statistics (when the preset normalises)
   replay_buffer.pkl  off-policy replay buffer, only with --save-replay-buffer
   rng.pkl            python, numpy, torch (CPU and CUDA) and action-space RNG states
-  meta.json          step, W&B run id, every file's size ("files") and SHA-256 ("sha256")
+  meta.json          step, W&B run id, the run's clocks, every file's size ("files") and SHA-256 ("sha256")
 checkpoints/damaged-<UTC time>/ckpt_<step>/   damaged checkpoints a resume moved out of the way (never deleted)
 
 What a resume finds in checkpoints/ (`inspect_checkpoints`), under the run's lock:
@@ -299,9 +299,17 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def write_checkpoint(
-    run_dir: Path, model: Any, *, wandb_run_id: str | None, keep: int, save_replay_buffer: bool = False
+    run_dir: Path,
+    model: Any,
+    *,
+    wandb_run_id: str | None,
+    keep: int,
+    save_replay_buffer: bool = False,
+    clocks: dict[str, float] | None = None,
 ) -> Path:
     """Write model (+teacher, optimizer), VecNormalize stats, RNG state and optionally the replay buffer.
+
+    ``clocks`` (the run's wall-clock and CPU time so far) go to meta.json: a resume starts its clocks from them.
 
     Atomic: everything goes to a temp folder that is renamed into place once complete.
     """
@@ -325,6 +333,7 @@ def write_checkpoint(
         "num_timesteps": steps,
         "wandb_run_id": wandb_run_id,
         "created_at": rundir.utc_now(),
+        "clocks": clocks,
         "files": {path.name: path.stat().st_size for path in files},
         "sha256": {path.name: sha256(path) for path in files},
     }

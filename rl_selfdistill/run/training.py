@@ -63,11 +63,17 @@ class TrainingRun:
     def options(self) -> dict[str, Any]:
         return self.config["options"]
 
+    def clocks(self) -> dict[str, float]:
+        """The run's training time so far: wall-clock and this process's CPU time, over every leg that counts."""
+        return {
+            "wall_clock_s": round(self._clock_base + time.monotonic() - self._clock_start, 3),
+            "cpu_time_s": round(self._cpu_base + time.process_time() - self._cpu_start, 3),
+        }
+
     def update_state(self, **changes: Any) -> None:
         self.state.update(changes)
         self.state["num_timesteps_done"] = int(self.model.num_timesteps)
-        self.state["wall_clock_s"] = round(self._clock_base + time.monotonic() - self._clock_start, 3)
-        self.state["cpu_time_s"] = round(self._cpu_base + time.process_time() - self._cpu_start, 3)
+        self.state.update(self.clocks())
         rundir.write_run_state(self.run_dir, self.state)
 
     def checkpoint(self) -> None:
@@ -84,6 +90,7 @@ class TrainingRun:
             wandb_run_id=self.wandb_run.id if self.wandb_run is not None else None,
             keep=self.options["keep_checkpoints"],
             save_replay_buffer=bool(self.options.get("save_replay_buffer")),
+            clocks=self.clocks(),
         )
         self.update_state()
         return folder
@@ -366,8 +373,11 @@ def _restore(
     if recovery.checkpoint is not None:
         model, eval_env, meta = load_checkpoint(recovery.checkpoint, config)
         state["wandb_run_id"] = meta.get("wandb_run_id") or state.get("wandb_run_id")
+        # The clocks as they were at the checkpoint: work done after it, lost in a crash and redone, counts once.
+        state.update(meta.get("clocks") or {})
         resume.say_if_replay_buffer_restarts(config, recovery.checkpoint)
     else:  # killed before its first checkpoint (or all damaged, and asked to): start over in the same directory
+        state.update(wall_clock_s=0.0, cpu_time_s=0.0)
         env, eval_env = build_envs(config, seed=config["seed"])
         model = build_model(config, env)
     steps = int(model.num_timesteps)
