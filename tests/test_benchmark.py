@@ -58,6 +58,8 @@ def test_manifest_keeps_its_id_and_refuses_a_changed_experiment():
         merge_manifest(manifest(), manifest(sd_params={"distill_coef": 0.5}))
     with pytest.raises(UsageError, match="-n 2000"):
         merge_manifest(manifest(), manifest(envs=[EnvBudget("CartPole-v1", 2000)]))
+    with pytest.raises(UsageError, match="--env-kwargs"):
+        merge_manifest(manifest(), manifest(env_kwargs={"schedule_seed": 1}))
 
 
 def test_grid_is_algo_env_seed_product():
@@ -90,6 +92,25 @@ def test_sd_params_reach_only_sd_runs_and_wandb_tags_name_the_cell(tmp_path):
     command = train_command(by_algo["sd_ppo"])
     assert command.startswith("rl-selfdistill train --algo sd_ppo --env CartPole-v1 -n 768 --seed 0 --run-dir ")
     assert "-params teacher_update_interval:256" in command
+
+
+def test_env_kwargs_reach_every_run_and_a_changed_one_is_refused(tmp_path, capsys):
+    """--env-kwargs applies to the base and the SD algo alike (another level sequence of a continual task), is
+    recorded in benchmark.json, each run's config.yaml and command.txt, and a rerun with others is refused."""
+    out = tmp_path / "out"
+    argv = ["benchmark", "--envs", "Continual-CartPole-v0", "--algos", "ppo", "sd_ppo", "--seeds", "1", "-n", "512"]
+    argv += ["--eval-freq", "256", "--eval-episodes", "1", "--save-freq", "0", "--wandb-mode", "disabled"]
+    argv += ["--device", "cpu", "-params", "teacher_update_interval:256", "--env-kwargs", "schedule_seed:7", "-o", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads((out / "benchmark.json").read_text())["env_kwargs"] == {"schedule_seed": 7}
+    for algo in ("ppo", "sd_ppo"):
+        run_dir = out / "runs" / algo / "Continual-CartPole-v0" / "seed0"
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["hyperparams"]["env_kwargs"]["schedule_seed"] == 7
+        assert "--env-kwargs schedule_seed:7" in (run_dir / "command.txt").read_text()
+    capsys.readouterr()
+    assert main([*argv[:-3], "schedule_seed:8", "-o", str(out)]) == 2
+    assert "--env-kwargs {'schedule_seed': 8} differ from this benchmark's {'schedule_seed': 7}" in capsys.readouterr().err
 
 
 def test_save_replay_buffer_reaches_the_off_policy_runs_checkpoints(tmp_path):

@@ -71,6 +71,8 @@ class Manifest:
     invocations: list[dict[str, Any]] = field(default_factory=list)
     # Cells that cannot run (e.g. DQN on a continuous action space): {"algo", "env_id", "reason"}.
     skipped: list[dict[str, str]] = field(default_factory=list)
+    # Env keyword arguments over the presets', for every algo (--env-kwargs); absent from older benchmark.json files.
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def specs(self) -> list[RunSpec]:
         """Seed-major order: a benchmark stopped half-way still has every algo on its first seeds."""
@@ -216,14 +218,18 @@ def save_manifest(out: Path, manifest: Manifest) -> None:
 def merge_manifest(existing: Manifest | None, requested: Manifest) -> Manifest:
     """Keep the id of an earlier invocation on the same folder; refuse a changed experiment.
 
-    Adding envs, algos or seeds extends the grid. Changing a budget or the SD overrides
-    would mix incomparable runs in one report, so it is an error.
+    Adding envs, algos or seeds extends the grid. Changing a budget, the SD overrides or the env
+    keyword arguments would mix incomparable runs in one report, so it is an error.
     """
     if existing is None:
         return requested
     if existing.sd_params != requested.sd_params:
         raise UsageError(
             f"-params {requested.sd_params} differ from this benchmark's {existing.sd_params}; use a new -o folder"
+        )
+    if existing.env_kwargs != requested.env_kwargs:
+        raise UsageError(
+            f"--env-kwargs {requested.env_kwargs} differ from this benchmark's {existing.env_kwargs}; use a new -o folder"
         )
     budgets = {env.env_id: env.n_timesteps for env in existing.envs}
     for env in requested.envs:
@@ -243,6 +249,7 @@ def merge_manifest(existing: Manifest | None, requested: Manifest) -> Manifest:
         created_at=existing.created_at,
         invocations=list(existing.invocations),
         skipped=existing.skipped + [cell for cell in requested.skipped if cell not in existing.skipped],
+        env_kwargs=existing.env_kwargs,
     )
 
 

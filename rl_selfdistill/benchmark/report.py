@@ -288,6 +288,7 @@ def _benchmark_entry(out: Path, manifest: Manifest | None, report_dir: Path) -> 
         "benchmark_id": manifest.benchmark_id if manifest else None,
         "suite": manifest.suite if manifest else None,
         "sd_params": manifest.sd_params if manifest else {},
+        "env_kwargs": manifest.env_kwargs if manifest else {},
     }
 
 

@@ -56,7 +56,9 @@ def _md_pooled_folders(benchmarks: list[dict[str, Any]]) -> list[str]:
     lines = ["This report pools the runs of several benchmark folders:", ""]
     for bench in benchmarks:
         overrides = ", ".join(f"`{key}: {value}`" for key, value in bench["sd_params"].items()) or "none"
-        lines.append(f"- `{bench['folder']}`: benchmark `{bench['benchmark_id']}`, SD overrides (`-params`): {overrides}")
+        line = f"- `{bench['folder']}`: benchmark `{bench['benchmark_id']}`, SD overrides (`-params`): {overrides}"
+        env_kwargs = ", ".join(f"`{key}: {value}`" for key, value in (bench.get("env_kwargs") or {}).items())
+        lines.append(line + (f"; env keyword arguments (`--env-kwargs`): {env_kwargs}" if env_kwargs else ""))
     return [*lines, ""]
 
 

@@ -34,6 +34,7 @@ class RunJob:
     spec: RunSpec
     run_dir: Path
     hyperparams: dict[str, Any] = field(default_factory=dict)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
     train_options: dict[str, Any] = field(default_factory=dict)
     wandb_group: str | None = None
     tags: tuple[str, ...] = ()
@@ -126,6 +127,7 @@ def build_train_request(job: RunJob) -> Any:
         n_timesteps=job.spec.n_timesteps,
         seed=job.spec.seed,
         hyperparams=dict(job.hyperparams),
+        env_kwargs=dict(job.env_kwargs),
         run_dir=job.run_dir,
         wandb_group=job.wandb_group,
         extra_tags=list(job.tags),
@@ -150,6 +152,7 @@ def train_command(job: RunJob) -> str:
         "--wandb-group": job.wandb_group,
         "--tags": job.tags,
         "-params": [f"{key}:{json.dumps(value)}" for key, value in job.hyperparams.items()],
+        "--env-kwargs": [f"{key}:{json.dumps(value)}" for key, value in job.env_kwargs.items()],
         "--no-progress": True,
         "--verbose": 0,
     }

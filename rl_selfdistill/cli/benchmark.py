@@ -8,7 +8,7 @@ from typing import Any
 
 from rl_selfdistill.benchmark import grid
 from rl_selfdistill.benchmark.grid import EnvBudget, Manifest, RunSpec, RunState
-from rl_selfdistill.cli.common import add_command, add_gym_packages, add_hyperparams
+from rl_selfdistill.cli.common import add_command, add_gym_packages, add_hyperparams, key_values
 from rl_selfdistill.errors import UsageError
 from rl_selfdistill.paths import check_writable_folder
 
@@ -30,6 +30,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--allow-tuning-seeds", action="store_true", help="accept seeds of the tuning range (docs/tuning.md)")
     parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="budget for every env (default: the suite's)")
     add_hyperparams(parser, "hyperparameter overrides for the SD algos")
+    parser.add_argument(
+        "--env-kwargs",
+        nargs="+",
+        default=[],
+        metavar="KEY:VALUE",
+        help="keyword arguments of every env, over the presets', for every algo (e.g. schedule_seed:1)",
+    )
     parser.add_argument("--backend", choices=("local", "ray"), default="local", help="where the runs execute")
     parser.add_argument(
         "--workers", type=int, default=1, help="runs at a time (local pool size; size of a local Ray instance)"
@@ -123,6 +130,7 @@ def canonical_command(args: argparse.Namespace) -> str:
         "--gpus-per-run": (args.gpus_per_run or None) if args.backend == "ray" else None,
         "--gym-packages": args.gym_packages,
         "-params": args.hyperparams,
+        "--env-kwargs": args.env_kwargs,
         "-o": args.output,
     }
     return format_command([PROGRAM, "benchmark"], options)
@@ -158,6 +166,7 @@ def requested_manifest(args: argparse.Namespace) -> Manifest:
         git_commit=git_commit(),
         created_at=grid.utc_now(),
         skipped=skipped_cells(algos, envs),
+        env_kwargs=key_values(args.env_kwargs, "--env-kwargs"),
     )
 
 
@@ -207,6 +216,7 @@ def build_jobs(args: argparse.Namespace, manifest: Manifest, specs: list[RunSpec
             spec=spec,
             run_dir=spec.run_dir(out),
             hyperparams=dict(manifest.sd_params) if registry.is_distilling(spec.algo) else {},
+            env_kwargs=dict(manifest.env_kwargs),
             train_options=train_options,
             wandb_group=manifest.benchmark_id,
             tags=(manifest.benchmark_id, spec.algo, spec.env_id, f"seed{spec.seed}", f"commit-{commit}"),
