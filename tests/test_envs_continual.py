@@ -269,3 +269,36 @@ def test_the_train_path_keeps_the_eval_env_on_the_training_level(tmp_path):
         run.train()
     assert levels and levels[-1][1] >= 5
     assert all(0 <= train_level - eval_level <= 1 for eval_level, train_level in levels)
+
+
+def test_a_resumed_run_starts_on_the_scheduled_level_not_on_level_0(tmp_path):
+    """The resume restores each fresh env's step count before learn() resets it: the first episode after resuming
+    is on the level the schedule says, as in the uninterrupted run."""
+    from rl_selfdistill.run import TrainRequest, run_training
+    from rl_selfdistill.run.checkpoints import list_checkpoints, load_checkpoint
+    from rl_selfdistill.run.rundir import read_config
+
+    request = TrainRequest(
+        algo="ppo",
+        env_id="Continual-CartPole-v0",
+        n_timesteps=512,
+        seed=0,
+        vec_env="dummy",
+        n_envs=2,
+        run_dir=tmp_path / "run",
+        eval_freq=0,
+        save_freq=256,
+        hyperparams={"n_steps": 32, "batch_size": 64, "n_epochs": 1, "env_kwargs": {"steps_per_level": 40}},
+        wandb_mode="disabled",
+        progress=False,
+        verbose=0,
+    )
+    run_dir = run_training(request)
+    (checkpoint,) = [path for path in list_checkpoints(run_dir) if path.name.endswith("256")]
+    model, eval_env, _ = load_checkpoint(checkpoint, read_config(run_dir))
+    env = model.get_env()
+    assert env.get_attr("level_steps") == [128, 128]
+    env.reset()  # what learn() does first with the fresh envs
+    assert env.get_attr("level") == [3, 3]  # 128 steps per env at 40 per level
+    env.close()
+    eval_env.close()

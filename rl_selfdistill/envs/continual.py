@@ -246,9 +246,10 @@ class ContinualLevelCallback(BaseCallback):
 
     - At the start of each rollout it pins `eval_env` to the training level (`sync_levels`), so evaluations
       measure the level being learnt (at most one rollout behind a switch).
-    - At training start on a resumed model (num_timesteps > 0, fresh envs), it restores each env's step count
-      to num_timesteps / n_envs, so the schedule continues where it stopped instead of restarting at level 0;
-      the first episode after resuming still runs on the level of its reset.
+    - At training start on a resumed model (num_timesteps > 0) whose fresh envs still count 0 steps, it restores
+      each env's step count to num_timesteps / n_envs, so the schedule continues where it stopped instead of
+      restarting at level 0. learn() has reset those envs already, so their first episode still runs on level 0;
+      the project's resume (`run.checkpoints.load_checkpoint`) restores the count before that reset instead.
     """
 
     def __init__(self, eval_env: Any) -> None:

@@ -384,5 +384,15 @@ def load_checkpoint(checkpoint: Path, config: dict[str, Any], *, device: str | N
     with open(checkpoint / RNG, "rb") as handle:
         set_rng_state(model, pickle.load(handle))
     env.seed(config["seed"] + steps)
+    restore_level_steps(env, steps)
     model._last_obs = None  # makes learn() reset the freshly built envs instead of stepping them un-reset
     return model, eval_env, meta
+
+
+def restore_level_steps(env: Any, num_timesteps: int) -> None:
+    """Give freshly built continual envs their step count before learn() resets them, so their first episode after
+    a resume is on the scheduled level (env state is not checkpointed; the count is num_timesteps / n_envs)."""
+    from rl_selfdistill.envs.continual import is_continual_vec_env
+
+    if is_continual_vec_env(env):
+        env.env_method("set_level_steps", num_timesteps // env.num_envs)
