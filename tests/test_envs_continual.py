@@ -234,28 +234,32 @@ def test_a_training_run_evaluates_on_the_level_it_is_learning_and_resumes_the_sc
         venv.close()
 
 
-def test_the_train_path_keeps_the_eval_env_on_the_training_level(tmp_path):
-    """run_training adds the level callback by itself: its evaluations follow the level being learnt."""
-    from stable_baselines3.common.callbacks import BaseCallback
+def small_continual_request(**options):
+    """PPO for 512 steps on 2 continual CartPole envs with 40 steps per level (a level change every 80 steps)."""
+    from rl_selfdistill.run import TrainRequest
 
-    from rl_selfdistill.run import TrainRequest, prepare_run
-
-    request = TrainRequest(
+    return TrainRequest(
         algo="ppo",
         env_id="Continual-CartPole-v0",
         n_timesteps=512,
         seed=0,
         vec_env="dummy",
         n_envs=2,
-        log_folder=tmp_path,
-        eval_freq=128,
-        eval_episodes=1,
-        save_freq=0,
         hyperparams={"n_steps": 32, "batch_size": 64, "n_epochs": 1, "env_kwargs": {"steps_per_level": 40}},
         wandb_mode="disabled",
         progress=False,
         verbose=0,
+        **options,
     )
+
+
+def test_the_train_path_keeps_the_eval_env_on_the_training_level(tmp_path):
+    """run_training adds the level callback by itself: its evaluations follow the level being learnt."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from rl_selfdistill.run import prepare_run
+
+    request = small_continual_request(log_folder=tmp_path, eval_freq=128, eval_episodes=1, save_freq=0)
     levels = []
 
     class Record(BaseCallback):
@@ -274,25 +278,11 @@ def test_the_train_path_keeps_the_eval_env_on_the_training_level(tmp_path):
 def test_a_resumed_run_starts_on_the_scheduled_level_not_on_level_0(tmp_path):
     """The resume restores each fresh env's step count before learn() resets it: the first episode after resuming
     is on the level the schedule says, as in the uninterrupted run."""
-    from rl_selfdistill.run import TrainRequest, run_training
+    from rl_selfdistill.run import run_training
     from rl_selfdistill.run.checkpoints import list_checkpoints, load_checkpoint
     from rl_selfdistill.run.rundir import read_config
 
-    request = TrainRequest(
-        algo="ppo",
-        env_id="Continual-CartPole-v0",
-        n_timesteps=512,
-        seed=0,
-        vec_env="dummy",
-        n_envs=2,
-        run_dir=tmp_path / "run",
-        eval_freq=0,
-        save_freq=256,
-        hyperparams={"n_steps": 32, "batch_size": 64, "n_epochs": 1, "env_kwargs": {"steps_per_level": 40}},
-        wandb_mode="disabled",
-        progress=False,
-        verbose=0,
-    )
+    request = small_continual_request(run_dir=tmp_path / "run", eval_freq=0, save_freq=256)
     run_dir = run_training(request)
     (checkpoint,) = [path for path in list_checkpoints(run_dir) if path.name.endswith("256")]
     model, eval_env, _ = load_checkpoint(checkpoint, read_config(run_dir))

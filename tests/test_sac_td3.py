@@ -191,16 +191,21 @@ def test_td3_target_actor_as_teacher():
     assert model.logger.name_to_value["distill/kl"] > 0
 
 
-def test_sac_lagged_teacher_is_the_actor_k_gradient_steps_ago():
-    model = SelfDistillSAC(
+def lagged_sac(lag: int) -> SelfDistillSAC:
+    """SD-SAC whose teacher is the actor `lag` gradient steps ago (one gradient step per env step)."""
+    return SelfDistillSAC(
         "MlpPolicy",
         "Pendulum-v1",
         seed=0,
         teacher_mode="lagged",
         teacher_update_unit="gradient_steps",
-        teacher_update_interval=2,
+        teacher_update_interval=lag,
         **tiny(),
     )
+
+
+def test_sac_lagged_teacher_is_the_actor_k_gradient_steps_ago():
+    model = lagged_sac(2)
     states = []
     step = model.actor.optimizer.step
 
@@ -343,15 +348,7 @@ def test_td3_logs_the_critic_term_of_phases_without_an_actor_update():
 
 def test_lagged_teacher_age_is_the_lag():
     """The lagged teacher distils from its oldest copy: 3 gradient steps, one per env step, so 3 env steps old."""
-    model = SelfDistillSAC(
-        "MlpPolicy",
-        "Pendulum-v1",
-        seed=0,
-        teacher_mode="lagged",
-        teacher_update_unit="gradient_steps",
-        teacher_update_interval=3,
-        **tiny(),
-    ).learn(64)
+    model = lagged_sac(3).learn(64)
     assert model.logger.name_to_value["distill/teacher_age"] == 3
 
 
