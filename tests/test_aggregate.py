@@ -363,9 +363,12 @@ def test_published_benchmark_runs_are_not_ignored_by_git():
     root = Path(__file__).resolve().parent.parent
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("needs a git checkout of the project")
-    probe = "docs/benchmarks/any-benchmark/runs/ppo/CartPole-v1/seed0/eval.csv"
-    check = subprocess.run(["git", "check-ignore", "-q", probe], cwd=root)
-    assert check.returncode == 1, f"git ignores {probe}"
+    for probe in (
+        "docs/benchmarks/any-benchmark/runs/ppo/CartPole-v1/seed0/eval.csv",
+        "docs/benchmarks/any-pooled-benchmark/part1/runs/ppo/CartPole-v1/seed0/eval.csv",  # one of a pooled report's
+    ):
+        check = subprocess.run(["git", "check-ignore", "-q", probe], cwd=root)
+        assert check.returncode == 1, f"git ignores {probe}"
     assert subprocess.run(["git", "check-ignore", "-q", "runs/ppo/CartPole-v1/seed0/eval.csv"], cwd=root).returncode == 0
 
 
